@@ -1,0 +1,1 @@
+"""Corral: one private, offline AI assistant from a pile of old PCs."""

@@ -1,0 +1,264 @@
+"""The `corral` command line: up, status, models, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.table import Table
+
+from corral.config import CorralConfig, default_config, load_config
+from corral.errors import CorralError
+from corral.gateway.auth import KeyStore
+from corral.hardware import NodeProfile, detect_profile
+from corral.paths import CorralPaths, default_home
+
+app = typer.Typer(help="Corral: one private, offline AI assistant from a pile of old PCs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+err_console = Console(stderr=True)
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="data directory [default: $CORRAL_HOME or ~/.local/share/corral]")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="corral.yaml [default: HOME/corral.yaml, else the embedded default]")]
+
+
+def _paths(home: Path | None) -> CorralPaths:
+    return CorralPaths((home or default_home()).expanduser()).ensure()
+
+
+def _config(paths: CorralPaths, path: Path | None) -> CorralConfig:
+    if path is not None:
+        return load_config(path)
+    if paths.config_file.exists():
+        return load_config(paths.config_file)
+    return default_config()
+
+
+def _fail(err: CorralError) -> None:
+    err_console.print(f"[bold red]error:[/] {err.message}")
+    raise typer.Exit(2)
+
+
+def _assembly_progress() -> tuple[Progress, Any]:
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                        console=console, transient=True)
+    task = progress.add_task("assembling bundled model", total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return progress, update
+
+
+@app.command()
+def up(
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="listen address [default: server.host]")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port [default: server.port]")] = None,
+    balancer: Annotated[str, typer.Option(help="replica choice: expected_finish_time, least_busy, round_robin")] = "expected_finish_time",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Start the engine and the gateway on this machine (the embedded default needs no config)."""
+    import uvicorn
+
+    from corral.gateway.app import create_app
+    from corral.runtime import Runtime, engine_lifespan, http_client
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll is noise
+    try:
+        paths = _paths(home)
+        cfg = _config(paths, config)
+        profile = detect_profile(paths.home)
+        progress, update = _assembly_progress()
+        with progress:
+            runtime = Runtime(cfg, paths, profile, balancer=balancer, progress=update)
+            client = http_client(cfg)
+            gateway, engine = runtime.build(client)
+        keys = KeyStore(paths.keys_file)
+        if not keys.has_active("admin"):
+            _, secret = keys.create("first-admin", "admin")
+            console.print("[bold]Created an admin API key (shown once, store it now):[/]")
+            console.print(f"  {secret}")
+            console.print("  export OPENAI_API_KEY=" + secret)
+    except CorralError as err:
+        _fail(err)
+        return
+    bind_host = host or cfg.server.host
+    bind_port = port or cfg.server.port
+    console.print(_plan_table(runtime, profile))
+    console.print(f"Starting {len(engine.replicas)} llama-server replica(s); the API will be at "
+                  f"[bold]http://{bind_host}:{bind_port}/v1[/] when they are ready.")
+    application = create_app(gateway, lambda: engine_lifespan(engine, client))
+    uvicorn.run(application, host=bind_host, port=bind_port, log_level="warning",
+                access_log=False, timeout_graceful_shutdown=10)
+
+
+def _plan_table(runtime: Any, profile: NodeProfile) -> Table:
+    table = Table(title=f"{profile.hostname}: {profile.cores_physical} cores, "
+                        f"{profile.ram_total_bytes / 1024**3:.1f} GiB RAM, "
+                        f"{' '.join(sorted(profile.cpu_flags)) or 'no SIMD flags'}")
+    for column in ("replica", "model", "slots", "context/slot", "threads"):
+        table.add_column(column)
+    for name, replica in runtime.replicas.items():
+        spec = replica.spec
+        table.add_row(name, spec.model.id, str(spec.slots), str(spec.context_per_slot), str(spec.threads))
+    return table
+
+
+@app.command()
+def status(
+    url: Annotated[str, typer.Option(help="gateway URL")] = "http://127.0.0.1:8400",
+    key: Annotated[str | None, typer.Option(envvar="CORRAL_API_KEY", help="API key [env: CORRAL_API_KEY]")] = None,
+) -> None:
+    """Show experts, replicas, health, load and tokens/s of a running corral."""
+    if not key:
+        key = os.environ.get("OPENAI_API_KEY")
+    try:
+        response = httpx.get(url.rstrip("/") + "/api/status", timeout=5,
+                             headers={"authorization": f"Bearer {key or ''}"}, trust_env=False)
+    except httpx.TransportError:
+        err_console.print(f"[bold red]error:[/] nothing answers at {url}; start it with `corral up`")
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        message = response.json().get("error", {}).get("message", response.text)
+        err_console.print(f"[bold red]error:[/] {message}")
+        raise typer.Exit(1)
+    table = Table(title=f"corral at {url}")
+    for column in ("expert", "replica", "status", "load", "tok/s", "served", "fail", "restarts"):
+        table.add_column(column, justify="right" if column in ("load", "tok/s", "served", "fail", "restarts") else "left")
+    for expert in response.json()["experts"]:
+        for r in expert["replicas"] or [{"name": "-", "status": "no replicas"}]:
+            colour = "green" if r.get("healthy") else "red"
+            table.add_row(
+                f"{expert['name']} ({expert['kind']})", r["name"], f"[{colour}]{r['status']}[/]",
+                f"{r.get('in_flight', 0)}/{r.get('slots', 0)}",
+                f"{r.get('tokens_per_second', 0):.1f}" + ("" if r.get("measured") else "*"),
+                str(r.get("served", 0)), str(r.get("failures", 0)), str(r.get("restarts", 0)),
+            )  # fmt: skip
+    console.print(table)
+    console.print("* not yet measured on this replica: the speed shown is an estimate")
+
+
+@app.command()
+def models(
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    measure: Annotated[bool, typer.Option(help="measure tokens/s on this machine (cached)")] = True,
+    extra: Annotated[list[str] | None, typer.Argument(help="more GGUF files to check")] = None,
+) -> None:
+    """List bundled, local and configured models, and whether each fits this machine."""
+    from corral.engine.binaries import locate
+    from corral.engine.calibrate import measure_tokens_per_second
+    from corral.models.catalog import Catalog, check_fit
+
+    try:
+        paths = _paths(home)
+        cfg = _config(paths, config)
+    except CorralError as err:
+        _fail(err)
+        return
+    profile = detect_profile(paths.home)
+    progress, update = _assembly_progress()
+    with progress:
+        catalog = Catalog(paths.models, update)
+        refs = [e.model for e in cfg.experts if e.url is None] + list(extra or [])
+        found = catalog.discover(refs)
+    if measure:
+        bundled = next((m for m in found if not isinstance(m, CorralError) and m.source == "bundled"), None)
+        if bundled is not None:
+            try:
+                with console.status("measuring tokens/s on this machine (once)..."):
+                    tps = asyncio.run(measure_tokens_per_second(
+                        locate(paths.engine_libs), bundled, profile, paths.logs, paths.profile_cache))
+                profile = profile.with_speed(tps)
+            except (CorralError, RuntimeError) as err:
+                err_console.print(f"[yellow]could not measure speed:[/] {err}")
+    flags = " ".join(sorted(profile.cpu_flags)) or "none"
+    speed = f"{profile.tokens_per_second:.1f} tok/s on the bundled model" if profile.tokens_per_second else "speed not measured"
+    console.print(f"[bold]{profile.hostname}[/]: {profile.cpu_model}; {profile.cores_physical} cores "
+                  f"({profile.cores_logical} threads), {profile.ram_available_bytes / 1024**3:.1f} of "
+                  f"{profile.ram_total_bytes / 1024**3:.1f} GiB free, disk {profile.disk_free_bytes / 1024**3:.0f} GiB free; "
+                  f"flags: {flags}; {speed}")
+    table = Table()
+    for column in ("model", "source", "arch", "params", "quant", "ctx", "size", "fits", "why"):
+        table.add_column(column)
+    context = max((e.context * e.slots for e in cfg.experts), default=2048)
+    for item in found:
+        if isinstance(item, CorralError):
+            table.add_row("-", "error", "", "", "", "", "", "[red]no[/]", item.message)
+            continue
+        info = item.info
+        verdict = check_fit(info, profile, context)
+        table.add_row(
+            item.id if item.source == "bundled" else Path(item.id).name, item.source,
+            info.architecture, info.parameters_human, info.quantization, str(info.context_length),
+            f"{info.size_bytes / 1024**2:.0f} MiB", "[green]yes[/]" if verdict.fits else "[red]no[/]",
+            "; ".join(verdict.reasons) or f"needs {verdict.need_bytes / 1024**2:.0f} MiB with {context} tokens of context",
+        )  # fmt: skip
+    console.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="who or what uses this key")] = "default",
+    scope: Annotated[str, typer.Option(help="user (API calls) or admin (also management)")] = "user",
+    home: HomeOpt = None,
+) -> None:
+    """Create a key; it is printed once and stored only as a SHA-256 hash."""
+    try:
+        record, secret = KeyStore(_paths(home).keys_file).create(name, scope)  # type: ignore[arg-type]
+    except CorralError as err:
+        _fail(err)
+        return
+    err_console.print(f"created key {record.id} ({record.scope}) for {record.name}; it is shown only now:")
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list(home: HomeOpt = None) -> None:
+    """List keys (ids, names, scopes; never the secrets)."""
+    table = Table()
+    for column in ("id", "name", "scope", "created", "state"):
+        table.add_column(column)
+    import datetime as dt
+
+    try:
+        records = KeyStore(_paths(home).keys_file).list()
+    except CorralError as err:
+        _fail(err)
+        return
+    for r in records:
+        created = dt.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M")
+        table.add_row(r.id, r.name, r.scope, created, "active" if r.active else "[red]revoked[/]")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the id shown by `corral keys list`")], home: HomeOpt = None) -> None:
+    """Revoke a key; a running gateway refuses it from the next request on."""
+    try:
+        record = KeyStore(_paths(home).keys_file).revoke(key_id)
+    except CorralError as err:
+        _fail(err)
+        return
+    console.print(f"revoked {record.id} ({record.name})")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

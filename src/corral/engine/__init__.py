@@ -1,0 +1,1 @@
+"""Engine: llama-server child processes (spawn, health, slots, metrics, restart, stop)."""

@@ -1,0 +1,1 @@
+"""Gateway: the OpenAI-compatible HTTP front of the whole cluster (routes, auth, routing, metrics)."""

@@ -1,0 +1,177 @@
+"""The FastAPI app: OpenAI routes, health, status and metrics, all behind API keys but /health."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
+
+from corral.errors import BadRequestError
+from corral.gateway.auth import KeyStore, Scope, bearer_token
+from corral.gateway.errors import install_error_handlers
+from corral.gateway.metrics import GatewayMetrics
+from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
+from corral.gateway.router import Router
+
+Lifespan = Callable[[], AbstractAsyncContextManager[None]]
+
+
+@dataclass
+class Gateway:
+    """What the app needs; `corral up` builds it from the engine, tests from fakes."""
+
+    router: Router
+    keys: KeyStore
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    stops: Callable[[str], tuple[str, ...]] = lambda expert: ()
+    replica_details: Callable[[str], dict[str, Any]] = lambda name: {}
+    required_experts: tuple[str, ...] = ()
+    max_body_bytes: int = 8 * 1024 * 1024
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def status(self) -> dict[str, Any]:
+        experts = []
+        for name, expert in self.router.experts.items():
+            replicas = []
+            for backend in self.router.registry.backends(name):
+                s = backend.state
+                replicas.append({
+                    "name": backend.name,
+                    "model": backend.model_id,
+                    "status": s.status,
+                    "healthy": s.healthy,
+                    "slots": s.slots,
+                    "in_flight": s.in_flight,
+                    "tokens_per_second": round(s.tokens_per_second, 2),
+                    "measured": s.measured,
+                    "served": s.served,
+                    "failures": s.failures,
+                    "restarts": s.restarts,
+                    "last_error": s.last_error[-500:],
+                    **self.replica_details(backend.name),
+                })  # fmt: skip
+            experts.append({
+                "name": name,
+                "kind": expert.kind,
+                "model": expert.model,
+                "description": expert.description,
+                "aliases": expert.aliases,
+                "fallback": expert.fallback,
+                "admitted": self.router.admitted.get(name, 0),
+                "replicas": replicas,
+            })  # fmt: skip
+        return {"experts": experts}
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        problems = []
+        for name in self.required_experts:
+            if not any(b.state.healthy for b in self.router.registry.backends(name)):
+                problems.append(f"expert {name!r} has no ready replica")
+        if not any(b.state.healthy for b in self.router.registry.all()):
+            problems.append("no backend is ready")
+        return not problems, problems
+
+
+def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if lifespan is None:
+            yield
+        else:
+            async with lifespan():
+                yield
+
+    app = FastAPI(
+        title="Corral",
+        summary="OpenAI-compatible gateway for a cluster of local llama.cpp models",
+        version="0.1.0",
+        lifespan=_lifespan,
+    )
+    app.state.gateway = gateway
+    install_error_handlers(app)
+    proxy = Proxy(gateway.router, gateway.metrics, gateway.stops)
+
+    def authorize(request: Request, need: Scope = "user") -> None:
+        headers = request.headers
+        gateway.keys.verify(
+            bearer_token(headers.get("authorization"), headers.get("x-api-key")), need=need
+        )
+
+    async def forward(request: Request, endpoint: Endpoint) -> Response:
+        authorize(request)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > gateway.max_body_bytes:
+            return _too_large(gateway.max_body_bytes)
+        return await proxy.handle(request, endpoint)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers. Public."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["health"])
+    async def ready() -> Response:
+        """Readiness: the required experts have a ready replica. Public."""
+        ok, problems = gateway.readiness()
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "problems": problems},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/v1/models", tags=["openai"])
+    async def models(request: Request) -> dict[str, Any]:
+        authorize(request)
+        data = [{"id": "auto", "object": "model", "created": gateway.created, "owned_by": "corral",
+                 "corral": {"kind": "router", "description": "mixture-of-experts routing"}}]
+        for name, expert in gateway.router.experts.items():
+            meta = {"kind": expert.kind, "description": expert.description, "model": expert.model}
+            for model_id in [name, *expert.aliases]:
+                data.append({
+                    "id": model_id, "object": "model", "created": gateway.created,
+                    "owned_by": "corral", "corral": {**meta, "expert": name},
+                })  # fmt: skip
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    async def chat_completions(request: Request) -> Response:
+        return await forward(request, CHAT)
+
+    @app.post("/v1/completions", tags=["openai"])
+    async def completions(request: Request) -> Response:
+        return await forward(request, COMPLETIONS)
+
+    @app.post("/v1/embeddings", tags=["openai"])
+    async def embeddings(request: Request) -> Response:
+        return await forward(request, EMBEDDINGS)
+
+    @app.get("/api/status", tags=["corral"])
+    async def status(request: Request) -> dict[str, Any]:
+        authorize(request)
+        return gateway.status()
+
+    @app.get("/metrics", tags=["corral"])
+    async def metrics(request: Request) -> Response:
+        authorize(request)
+        for backend in gateway.router.registry.all():
+            labels = (backend.expert, backend.name)
+            gateway.metrics.healthy.labels(*labels).set(1 if backend.state.healthy else 0)
+            gateway.metrics.in_flight.labels(*labels).set(backend.state.in_flight)
+            gateway.metrics.tokens_per_second.labels(*labels).set(backend.state.tokens_per_second)
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _too_large(limit: int) -> Response:
+    from corral.gateway.errors import error_body
+
+    err = BadRequestError(f"request body is larger than {limit} bytes; send a smaller request "
+                          "or raise server.max_body_bytes in corral.yaml")
+    return Response(error_body(err.message, err.error_type, code="request_too_large"),
+                    status_code=413, media_type="application/json")

@@ -1,0 +1,394 @@
+"""Forwarding one OpenAI request to a backend: validation, retries, streaming, cancellation.
+
+The body is parsed once (to route, validate and add the expert's stop strings), then sent as
+bytes. Connect errors and 5xx answers before the first byte move the request to the next
+candidate; after the first byte the stream belongs to the client. A client that goes away
+cancels the backend request (closing the connection stops llama-server's generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from corral.backends import Backend, BackendResponse
+from corral.errors import BadRequestError, ContextOverflowError, CorralError, NoBackendError
+from corral.gateway.errors import error_response
+from corral.gateway.metrics import GatewayMetrics
+from corral.gateway.router import Candidate, Router
+
+DEFAULT_MAX_TOKENS = 256  # expected completion length when the client does not say
+PROMPT_TOKEN_WEIGHT = 0.1  # prefill costs about a tenth of a decoded token per token on CPU
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # chat | completions | embeddings
+    path: str
+    kind: str  # the expert kind that serves it
+
+
+CHAT = Endpoint("chat", "/v1/chat/completions", "chat")
+COMPLETIONS = Endpoint("completions", "/v1/completions", "chat")
+EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "embedding")
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the answer was ready."""
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(
+            f"request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "send a JSON object with Content-Type: application/json"
+        ) from None
+    except UnicodeDecodeError:
+        raise BadRequestError("request body is not UTF-8 text; send UTF-8 encoded JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object like {\"model\": ..., ...}")
+    return body
+
+
+def validate(endpoint: Endpoint, body: dict[str, Any]) -> None:
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise BadRequestError(f"`{key}` must be a positive integer, got {value!r}", param=key)
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise BadRequestError("`stream` must be true or false", param="stream")
+    if endpoint is CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequestError(
+                "`messages` must be a non-empty list of {\"role\": ..., \"content\": ...}",
+                param="messages",
+            )
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise BadRequestError(
+                    f"messages[{i}] must be an object with a string `role`", param="messages"
+                )
+    elif endpoint is COMPLETIONS:
+        if not isinstance(body.get("prompt"), str | list):
+            raise BadRequestError("`prompt` must be a string or a list of strings", param="prompt")
+    elif endpoint is EMBEDDINGS:
+        if not isinstance(body.get("input"), str | list) or body.get("input") in ("", []):
+            raise BadRequestError("`input` must be a non-empty string or list", param="input")
+
+
+def routing_text(body: dict[str, Any]) -> str:
+    """The text the `auto` router reads: the last user message, the prompt, or the input."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return _content_text(message.get("content"))
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return " ".join(v for v in value if isinstance(v, str))
+    return ""
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def estimate_cost(body: dict[str, Any], raw_size: int) -> float:
+    """Expected work in decoded-token equivalents: completion tokens + weighted prompt tokens."""
+    completion = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    prompt_tokens = raw_size / 4  # ~4 bytes of JSON per token: cheap and good enough to rank
+    return float(completion) + PROMPT_TOKEN_WEIGHT * prompt_tokens
+
+
+class Proxy:
+    def __init__(
+        self,
+        router: Router,
+        metrics: GatewayMetrics,
+        stops: Callable[[str], tuple[str, ...]],
+    ) -> None:
+        self.router = router
+        self.metrics = metrics
+        self._stops = stops
+
+    async def handle(self, request: Request, endpoint: Endpoint) -> Response:
+        started = time.perf_counter()
+        raw = await request.body()
+        body = parse_body(raw)
+        validate(endpoint, body)
+        choice = self.router.resolve(body.get("model"), endpoint.kind, lambda: routing_text(body))
+        self.metrics.routes.labels(choice.method, choice.expert).inc()
+        cost = estimate_cost(body, len(raw))
+        candidates = self.router.candidates(choice.expert, cost)
+        stream = bool(body.get("stream")) and endpoint is not EMBEDDINGS
+        with self.router.admit(choice.expert, candidates):
+            depth = self.metrics.queue_depth.labels(choice.expert)
+            depth.inc()
+            try:
+                return await self._dispatch(
+                    request, endpoint, body, raw, candidates, choice.expert, choice.reason,
+                    cost, stream, started,
+                )  # fmt: skip
+            finally:
+                depth.dec()
+
+    def _payload(self, body: dict[str, Any], raw: bytes, backend: Backend, expert: str) -> bytes:
+        stops = self._stops(expert)
+        model_changes = body.get("model") != backend.model_id
+        if not stops and not model_changes:
+            return raw
+        out = dict(body)
+        out["model"] = backend.model_id
+        if stops:
+            given = out.get("stop")
+            given_list = [given] if isinstance(given, str) else list(given or [])
+            out["stop"] = [*given_list, *(s for s in stops if s not in given_list)][:4]
+        return json.dumps(out).encode()
+
+    async def _dispatch(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        raw: bytes,
+        candidates: list[Candidate],
+        requested: str,
+        reason: str,
+        cost: float,
+        stream: bool,
+        started: float,
+    ) -> Response:
+        last_error = ""
+        for attempt, candidate in enumerate(candidates):
+            backend, expert = candidate.backend, candidate.expert
+            state = backend.state
+            if not state.healthy:  # it may have failed for an earlier attempt of this request
+                continue
+            state.in_flight += 1
+            state.queued_tokens += int(cost)
+            released = False
+
+            def release(b: Backend = backend) -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    b.state.in_flight -= 1
+                    b.state.queued_tokens -= int(cost)
+
+            try:
+                upstream = await self._open(request, backend, endpoint, body, raw, expert)
+            except ClientGone:
+                release()
+                return Response(status_code=499)
+            except httpx.TransportError as exc:
+                release()
+                state.failures += 1
+                state.set_status("unhealthy", error=f"{type(exc).__name__}: {exc}")
+                last_error = f"{backend.name}: {type(exc).__name__}"
+                self.metrics.retries.labels(requested, "connect").inc()
+                continue
+            if upstream.status_code >= 500:
+                detail = (await upstream.aread())[:300].decode("utf-8", "replace")
+                await upstream.aclose()
+                release()
+                state.failures += 1
+                last_error = f"{backend.name}: HTTP {upstream.status_code} {detail}"
+                self.metrics.retries.labels(requested, "5xx").inc()
+                continue
+            headers = {
+                "x-corral-expert": expert,
+                "x-corral-replica": backend.name,
+                "x-corral-route": reason if expert == requested else f"{reason}; fell back to {expert}",
+            }
+            if expert != requested:
+                self.metrics.fallbacks.labels(requested, expert).inc()
+            if upstream.status_code >= 400:
+                release()
+                return await self._client_error(upstream, endpoint, expert, backend, headers)
+            if stream:
+                return StreamingResponse(
+                    self._relay(upstream, endpoint, backend, expert, started, release),
+                    media_type="text/event-stream",
+                    headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+                )
+            try:
+                content = await _unless_disconnected(request, upstream.aread())
+            except ClientGone:
+                await upstream.aclose()
+                release()
+                return Response(status_code=499)
+            except httpx.TransportError as exc:  # the replica died while answering
+                await upstream.aclose()
+                release()
+                state.set_status("unhealthy", error=str(exc))
+                last_error = f"{backend.name}: {type(exc).__name__} while reading"
+                self.metrics.retries.labels(requested, "read").inc()
+                continue
+            release()
+            await upstream.aclose()
+            self._observe(content, backend, expert)
+            self._count(endpoint, expert, backend, 200, started)
+            return Response(content, status_code=200, media_type="application/json", headers=headers)
+        self.metrics.requests.labels(endpoint.name, requested, "", "503").inc()
+        raise NoBackendError(
+            f"every replica for {requested!r} and its fallbacks failed ({last_error or 'none healthy'}); "
+            "retry shortly, or check `corral status` and the replica logs",
+            retry_after_s=2.0,
+        )
+
+    async def _open(
+        self,
+        request: Request,
+        backend: Backend,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        raw: bytes,
+        expert: str,
+    ) -> BackendResponse:
+        payload = self._payload(body, raw, backend, expert)
+        return await _unless_disconnected(request, backend.open(endpoint.path, payload))
+
+    async def _client_error(
+        self,
+        upstream: BackendResponse,
+        endpoint: Endpoint,
+        expert: str,
+        backend: Backend,
+        headers: dict[str, str],
+    ) -> Response:
+        content = await upstream.aread()
+        await upstream.aclose()
+        status = upstream.status_code
+        self.metrics.requests.labels(endpoint.name, expert, backend.name, str(status)).inc()
+        try:
+            error = json.loads(content).get("error", {})
+        except (ValueError, AttributeError):
+            error = {}
+        if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
+            n_prompt, n_ctx = error.get("n_prompt_tokens", "?"), error.get("n_ctx", "?")
+            err: CorralError = ContextOverflowError(
+                f"the prompt has {n_prompt} tokens but expert {expert!r} holds {n_ctx} per "
+                f"request: shorten the conversation, lower max_tokens, or raise `context` for "
+                f"{expert} in corral.yaml",
+                param="messages",
+            )
+            response = error_response(err)
+            response.headers.update(headers)
+            return response
+        return Response(content, status_code=status, media_type="application/json", headers=headers)
+
+    async def _relay(
+        self,
+        upstream: BackendResponse,
+        endpoint: Endpoint,
+        backend: Backend,
+        expert: str,
+        started: float,
+        release: Callable[[], None],
+    ) -> AsyncIterator[bytes]:
+        first_at = 0.0
+        events = 0
+        timings: bytes | None = None
+        status = "200"
+        try:
+            async for chunk in upstream.aiter_raw():
+                if not first_at:
+                    first_at = time.perf_counter()
+                    self.metrics.ttft.labels(expert).observe(first_at - started)
+                events += chunk.count(b"data: ")
+                if b'"timings"' in chunk:
+                    timings = chunk
+                yield chunk
+        except httpx.TransportError:
+            status = "502"  # the replica died mid-stream: the client sees the stream end early
+            backend.state.set_status("unhealthy", error="stream broken")
+        except asyncio.CancelledError:
+            status = "499"
+            raise
+        finally:
+            release()
+            self._count(endpoint, expert, backend, int(status), started)
+            if timings is not None:
+                self._observe_stream(timings, backend, expert)
+            elif first_at and events > 1:
+                backend.state.observe_speed(events - 1, time.perf_counter() - first_at)
+            await upstream.aclose()
+
+    def _observe(self, content: bytes, backend: Backend, expert: str) -> None:
+        if b'"timings"' not in content and b'"usage"' not in content:
+            return
+        try:
+            data = json.loads(content)
+        except ValueError:
+            return
+        self._record_timings(data, backend, expert)
+
+    def _observe_stream(self, chunk: bytes, backend: Backend, expert: str) -> None:
+        for line in chunk.split(b"\n"):
+            if line.startswith(b"data: ") and b'"timings"' in line:
+                try:
+                    self._record_timings(json.loads(line[6:]), backend, expert)
+                except ValueError:
+                    pass
+                return
+
+    def _record_timings(self, data: Any, backend: Backend, expert: str) -> None:
+        timings = data.get("timings") if isinstance(data, dict) else None
+        if isinstance(timings, dict) and timings.get("predicted_n"):
+            tokens = int(timings["predicted_n"])
+            backend.state.observe_speed(tokens, float(timings.get("predicted_ms", 0)) / 1000)
+            self.metrics.generated_tokens.labels(expert).inc(tokens)
+            self.metrics.tokens_per_second.labels(expert, backend.name).set(
+                backend.state.tokens_per_second
+            )
+
+    def _count(
+        self, endpoint: Endpoint, expert: str, backend: Backend, status: int, started: float
+    ) -> None:
+        backend.state.served += 1
+        self.metrics.requests.labels(endpoint.name, expert, backend.name, str(status)).inc()
+        self.metrics.latency.labels(endpoint.name, expert).observe(time.perf_counter() - started)
+
+
+async def _unless_disconnected(request: Request, awaitable: Any) -> Any:
+    """Await `awaitable`, cancelling it (and raising ClientGone) if the client disconnects."""
+    work = asyncio.ensure_future(awaitable)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        watcher.cancel()
+        raise
+    if work in done:
+        watcher.cancel()
+        return work.result()
+    work.cancel()
+    raise ClientGone
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,87 @@
+"""What this machine can do: cores, RAM, CPU flags, free disk and measured tokens/s (NodeProfile)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import socket
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import psutil
+
+# Flags that change which llama.cpp kernels run and how fast; the rest of /proc/cpuinfo is noise.
+INTERESTING_FLAGS = ("avx", "avx2", "avx512f", "avx512bw", "avx512vnni", "fma", "f16c", "sse4_2")
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    hostname: str
+    cpu_model: str
+    cores_physical: int
+    cores_logical: int
+    ram_total_bytes: int
+    ram_available_bytes: int
+    disk_free_bytes: int
+    cpu_flags: frozenset[str]
+    tokens_per_second: float | None = None  # measured decode speed on the bundled model
+
+    def with_speed(self, tokens_per_second: float) -> NodeProfile:
+        return replace(self, tokens_per_second=tokens_per_second)
+
+    def default_threads(self, replicas: int) -> int:
+        """Threads for one replica when `replicas` share this machine: physical cores split."""
+        return max(1, self.cores_physical // max(1, replicas))
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["cpu_flags"] = sorted(self.cpu_flags)
+        return data
+
+
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
+    """(model name, interesting flags) from the text of /proc/cpuinfo."""
+    model = platform.processor() or "unknown"
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model in ("unknown", "", platform.processor()):
+            model = value.strip()
+        elif key in ("flags", "Features"):
+            flags.update(value.split())
+    return model, frozenset(f for f in flags if f in INTERESTING_FLAGS)
+
+
+def detect_profile(data_dir: Path, cpuinfo: Path = Path("/proc/cpuinfo")) -> NodeProfile:
+    """Read this machine's profile now (no speed measurement: see engine.calibrate)."""
+    try:
+        model, flags = parse_cpuinfo(cpuinfo.read_text())
+    except OSError:
+        model, flags = platform.processor() or "unknown", frozenset()
+    memory = psutil.virtual_memory()
+    probe = data_dir if data_dir.exists() else Path.home()
+    logical = psutil.cpu_count(logical=True) or 1
+    return NodeProfile(
+        hostname=socket.gethostname(),
+        cpu_model=model,
+        cores_physical=psutil.cpu_count(logical=False) or logical,
+        cores_logical=logical,
+        ram_total_bytes=memory.total,
+        ram_available_bytes=memory.available,
+        disk_free_bytes=shutil.disk_usage(probe).free,
+        cpu_flags=flags,
+    )
+
+
+def load_measured_speed(cache: Path, fingerprint: str) -> float | None:
+    """A tokens/s figure measured earlier on this machine for the same engine and model."""
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("version") != 1 or data.get("fingerprint") != fingerprint:
+        return None
+    value = data.get("tokens_per_second")
+    return float(value) if isinstance(value, int | float) else None

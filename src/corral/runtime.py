@@ -1,0 +1,140 @@
+"""The single-machine runtime behind `corral up`: config -> models -> engine -> registry -> gateway."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from corral.backends import BackendState, HttpBackend
+from corral.config import CorralConfig, ExpertConfig
+from corral.engine.binaries import EngineBinaries, locate
+from corral.engine.manager import Engine
+from corral.engine.replica import Replica, ReplicaSpec
+from corral.errors import ConfigError
+from corral.gateway.app import Gateway
+from corral.gateway.auth import KeyStore
+from corral.gateway.registry import LocalRegistry
+from corral.gateway.router import Router, make_balancer
+from corral.hardware import NodeProfile
+from corral.models.bundled import Progress
+from corral.models.catalog import Catalog, ModelEntry, check_fit
+from corral.paths import CorralPaths
+
+log = logging.getLogger("corral.runtime")
+
+
+@dataclass
+class Runtime:
+    config: CorralConfig
+    paths: CorralPaths
+    profile: NodeProfile
+    balancer: str = "expected_finish_time"
+    progress: Progress | None = None
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    replicas: dict[str, Replica] = field(default_factory=dict)
+
+    def plan(self) -> list[ReplicaSpec]:
+        """Resolve each expert's model and check that all local replicas fit in RAM together."""
+        catalog = Catalog(self.paths.models, self.progress)
+        specs: list[ReplicaSpec] = []
+        committed = 0
+        for expert in self.config.experts:
+            if expert.url is not None or expert.replicas == 0:
+                continue
+            entry = catalog.resolve(expert.model)
+            self.models[expert.name] = entry
+            threads = expert.threads or self.profile.default_threads(expert.replicas)
+            for index in range(expert.replicas):
+                verdict = check_fit(
+                    entry.info, self.profile, expert.context * expert.slots,
+                    already_committed=committed,
+                )  # fmt: skip
+                if not verdict.fits:
+                    raise ConfigError(
+                        f"expert {expert.name!r} replica {index} does not fit this machine: "
+                        f"{verdict.reasons[0]} (set `replicas`, `slots` or `context` for "
+                        f"{expert.name} in corral.yaml)"
+                    )
+                committed += verdict.need_bytes
+                specs.append(ReplicaSpec(
+                    expert=expert.name, index=index, model=entry, slots=expert.slots,
+                    context_per_slot=expert.context, threads=threads,
+                    embedding=expert.kind == "embedding", extra_args=tuple(expert.extra_args),
+                ))  # fmt: skip
+        return specs
+
+    def stops(self, expert: str) -> tuple[str, ...]:
+        entry = self.models.get(expert)
+        return entry.prompt_format.stop if entry is not None else ()
+
+    def replica_details(self, name: str) -> dict[str, Any]:
+        replica = self.replicas.get(name)
+        if replica is None:
+            return {}
+        return {"url": replica.url, "pid": replica.pid, "threads": replica.spec.threads,
+                "context_per_slot": replica.spec.context_per_slot, "log": str(replica.log_path)}
+
+    def build(self, client: httpx.AsyncClient, binaries: EngineBinaries | None = None) -> tuple[Gateway, Engine]:
+        specs = self.plan()
+        binaries = binaries or locate(self.paths.engine_libs)
+        engine = Engine(binaries, self.paths.logs, client)
+        registry = LocalRegistry()
+        for spec in specs:
+            replica = engine.add(spec)
+            self.replicas[spec.name] = replica
+            registry.add(HttpBackend(spec.name, spec.expert, spec.model.id, replica.url, client, replica.state))
+        for expert in self.config.experts:
+            if expert.url is not None:
+                registry.add(_remote_backend(expert, client))
+        server = self.config.server
+        router = Router(
+            self.config.experts, registry, max_queue=server.max_queue,
+            balancer=make_balancer(self.balancer),
+        )  # fmt: skip
+        gateway = Gateway(
+            router=router,
+            keys=KeyStore(self.paths.keys_file),
+            stops=self.stops,
+            replica_details=self.replica_details,
+            required_experts=tuple(e.name for e in self.config.experts if e.always_loaded),
+            max_body_bytes=server.max_body_bytes,
+        )
+        return gateway, engine
+
+
+def _remote_backend(expert: ExpertConfig, client: httpx.AsyncClient) -> HttpBackend:
+    state = BackendState(slots=expert.slots)
+    state.set_status("remote")
+    base = expert.url or ""
+    return HttpBackend(f"{expert.name}/remote", expert.name, expert.model, base.removesuffix("/v1"),
+                       client, state)
+
+
+@asynccontextmanager
+async def engine_lifespan(engine: Engine, client: httpx.AsyncClient) -> AsyncIterator[None]:
+    """Start every replica (waiting until ready), watch them while serving, stop them after."""
+    try:
+        failed = await engine.start()
+        for replica in failed:
+            log.error("replica %s did not start:\n%s", replica.spec.name, replica.log_tail())
+        engine.start_monitor()
+        ready = sum(1 for r in engine.replicas if r.state.healthy)
+        log.info("ready: %d of %d replicas serving", ready, len(engine.replicas))
+        yield
+    finally:
+        await engine.stop()
+        await client.aclose()
+
+
+def http_client(config: CorralConfig) -> httpx.AsyncClient:
+    server = config.server
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(server.request_timeout_s, connect=server.connect_timeout_s),
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        trust_env=False,  # never route loopback replicas through a proxy from the environment
+    )

@@ -1,0 +1,220 @@
+"""The gateway app over FakeBackends: routes, errors, retries, fallback, streaming, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral.config import ExpertConfig
+from corral.gateway.app import Gateway, create_app
+from corral.gateway.auth import KeyStore
+from corral.gateway.registry import LocalRegistry
+from corral.gateway.router import Router
+from corral.testing import FakeBackend
+
+EXPERTS = [
+    ExpertConfig(name="general", model="m", description="general chat", fallback=["fallback"]),
+    ExpertConfig(name="fallback", model="m", description="always there", always_loaded=True),
+    ExpertConfig(name="embed", model="m", kind="embedding", description="embeddings"),
+]
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, *backends: FakeBackend, max_queue: int = 4) -> None:
+        registry = LocalRegistry()
+        for backend in backends:
+            registry.add(backend)
+        self.keys = KeyStore(tmp_path / "keys.json")
+        _, self.key = self.keys.create("test", "user")
+        self.gateway = Gateway(
+            router=Router(EXPERTS, registry, max_queue=max_queue),
+            keys=self.keys,
+            stops=lambda expert: ("\nUser:",) if expert == "general" else (),
+            required_experts=("fallback",),
+        )
+        self.app = create_app(self.gateway)
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app),
+            base_url="http://corral",
+            headers={"authorization": f"Bearer {self.key}"},
+        )
+
+
+def chat(model: str = "general", **extra: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+@pytest.fixture
+def backends() -> tuple[FakeBackend, FakeBackend, FakeBackend]:
+    return (
+        FakeBackend("general/0", "general", reply="from general"),
+        FakeBackend("fallback/0", "fallback", reply="from fallback"),
+        FakeBackend("embed/0", "embed"),
+    )
+
+
+async def test_chat_routes_and_adds_stop_strings(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
+    harness = Harness(tmp_path, *backends)
+    async with harness.client() as client:
+        response = await client.post("/v1/chat/completions", json=chat(stop="END"))
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "from general"
+    assert response.headers["x-corral-expert"] == "general"
+    assert response.headers["x-corral-replica"] == "general/0"
+    sent = backends[0].requests[0][1]
+    assert sent["stop"] == ["END", "\nUser:"]
+    assert backends[0].state.in_flight == 0 and backends[0].state.queued_tokens == 0
+    assert backends[0].state.measured  # timings folded into the speed estimate
+
+
+async def test_health_public_everything_else_needs_key(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
+    harness = Harness(tmp_path, *backends)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=harness.app), base_url="http://c") as anon:
+        assert (await anon.get("/health")).status_code == 200
+        assert (await anon.get("/ready")).status_code == 200
+        for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
+                             ("GET", "/metrics"), ("GET", "/api/status"), ("POST", "/v1/embeddings")]:
+            response = await anon.request(method, path, json=chat())
+            assert response.status_code == 401, path
+            assert "corral keys create" in response.json()["error"]["message"]
+        bad = await anon.get("/v1/models", headers={"authorization": "Bearer crl_0000_nope"})
+        assert bad.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (json.dumps(chat(max_tokens=-5)).encode(), "max_tokens"),
+        (json.dumps(chat(max_tokens=True)).encode(), "max_tokens"),
+        (json.dumps({"model": "general", "messages": []}).encode(), "messages"),
+        (json.dumps({"model": "general", "messages": ["hi"]}).encode(), "messages"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), "model"),
+    ],
+)
+async def test_bad_requests_get_openai_errors(
+    tmp_path: Path, backends: tuple[FakeBackend, ...], payload: bytes, param: str | None
+) -> None:
+    harness = Harness(tmp_path, *backends)
+    async with harness.client() as client:
+        response = await client.post("/v1/chat/completions", content=payload,
+                                     headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["message"]
+    assert not backends[0].requests  # nothing reached a backend
+
+
+async def test_unknown_model_is_404_listing_models(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
+    harness = Harness(tmp_path, *backends)
+    async with harness.client() as client:
+        response = await client.post("/v1/chat/completions", json=chat("nope"))
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert "general" in response.json()["error"]["message"]
+
+
+async def test_connect_error_retries_then_falls_back(tmp_path: Path) -> None:
+    broken = FakeBackend("general/0", "general", fail_connect=True)
+    erroring = FakeBackend("general/1", "general", status_code=503)
+    spare = FakeBackend("fallback/0", "fallback", reply="from fallback")
+    harness = Harness(tmp_path, broken, erroring, spare)
+    async with harness.client() as client:
+        response = await client.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "from fallback"
+    assert response.headers["x-corral-expert"] == "fallback"
+    assert "fell back" in response.headers["x-corral-route"]
+    assert broken.requests and erroring.requests
+    assert not broken.state.healthy  # a connect error marks it until the monitor sees it again
+    # The fallback expert has no stop strings; the general expert's must not leak into it.
+    assert "stop" not in spare.requests[0][1]
+
+
+async def test_all_down_is_503_with_retry_after(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, FakeBackend("general/0", "general", healthy=False),
+                      FakeBackend("fallback/0", "fallback", healthy=False))
+    async with harness.client() as client:
+        response = await client.post("/v1/chat/completions", json=chat())
+        ready = await client.get("/ready")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    assert "corral status" in response.json()["error"]["message"]
+    assert ready.status_code == 503
+
+
+async def test_backend_4xx_passes_through_and_context_overflow_explains(tmp_path: Path) -> None:
+    overflow = {"error": {"code": 400, "type": "exceed_context_size_error", "message": "too long",
+                          "n_prompt_tokens": 5000, "n_ctx": 2048}}
+    harness = Harness(tmp_path, FakeBackend("general/0", "general", status_code=400, error_body=overflow),
+                      FakeBackend("fallback/0", "fallback"))
+    async with harness.client() as client:
+        response = await client.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert "5000" in error["message"] and "corral.yaml" in error["message"]
+
+
+async def test_streaming_relays_events_and_counts(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
+    harness = Harness(tmp_path, *backends)
+    async with harness.client() as client:
+        async with client.stream("POST", "/v1/chat/completions", json=chat(stream=True)) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            body = b"".join([chunk async for chunk in response.aiter_raw()])
+        metrics = (await client.get("/metrics")).text
+    text = "".join(
+        json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+        for line in body.decode().splitlines()
+        if line.startswith("data: {")
+    )
+    assert text == "from general"
+    assert body.rstrip().endswith(b"data: [DONE]")
+    assert 'corral_requests_total{endpoint="chat",expert="general",replica="general/0",status="200"} 1.0' in metrics
+    assert "corral_time_to_first_token_seconds_count" in metrics
+    assert backends[0].state.in_flight == 0
+
+
+async def test_embeddings_and_models(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
+    harness = Harness(tmp_path, *backends)
+    async with harness.client() as client:
+        embedded = await client.post("/v1/embeddings", json={"model": "auto", "input": "hello"})
+        wrong_kind = await client.post("/v1/embeddings", json={"model": "general", "input": "x"})
+        models = await client.get("/v1/models")
+    assert embedded.status_code == 200
+    assert embedded.headers["x-corral-expert"] == "embed"
+    assert wrong_kind.status_code == 400
+    ids = [m["id"] for m in models.json()["data"]]
+    assert ids[:1] == ["auto"] and {"general", "fallback", "embed"} <= set(ids)
+
+
+async def test_queue_full_is_429(tmp_path: Path) -> None:
+    slow = FakeBackend("general/0", "general", slots=1, tokens_per_second=20, reply="a b c d e f g h")
+    harness = Harness(tmp_path, slow, FakeBackend("fallback/0", "fallback", slots=1), max_queue=0)
+    import asyncio
+
+    async with harness.client() as client:
+        results = await asyncio.gather(*(client.post("/v1/chat/completions", json=chat()) for _ in range(4)))
+    codes = sorted(r.status_code for r in results)
+    assert codes.count(200) == 2 and codes.count(429) == 2
+    limited = next(r for r in results if r.status_code == 429)
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_oversize_body_is_413(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
+    harness = Harness(tmp_path, *backends)
+    harness.gateway.max_body_bytes = 100
+    async with harness.client() as client:
+        response = await client.post("/v1/chat/completions", json=chat(extra="x" * 500))
+    assert response.status_code == 413
+    assert "max_body_bytes" in response.json()["error"]["message"]
