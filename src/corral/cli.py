@@ -21,15 +21,24 @@ from corral.gateway.auth import KeyStore
 from corral.hardware import NodeProfile, detect_profile
 from corral.paths import CorralPaths, default_home
 
-app = typer.Typer(help="Corral: one private, offline AI assistant from a pile of old PCs.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Corral: one private, offline AI assistant from a pile of old PCs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console()
 err_console = Console(stderr=True)
 
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="data directory [default: $CORRAL_HOME or ~/.local/share/corral]")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="corral.yaml [default: HOME/corral.yaml, else the embedded default]")]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="data directory [default: $CORRAL_HOME or ~/.local/share/corral]"),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="corral.yaml [default: HOME/corral.yaml, else the embedded default]"),
+]
 
 
 def _paths(home: Path | None) -> CorralPaths:
@@ -50,8 +59,9 @@ def _fail(err: CorralError) -> None:
 
 
 def _assembly_progress() -> tuple[Progress, Any]:
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                        console=console, transient=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), console=console, transient=True
+    )
     task = progress.add_task("assembling bundled model", total=None)
 
     def update(done: int, total: int) -> None:
@@ -66,7 +76,9 @@ def up(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="listen address [default: server.host]")] = None,
     port: Annotated[int | None, typer.Option(help="listen port [default: server.port]")] = None,
-    balancer: Annotated[str, typer.Option(help="replica choice: expected_finish_time, least_busy, round_robin")] = "expected_finish_time",
+    balancer: Annotated[
+        str, typer.Option(help="replica choice: expected_finish_time, least_busy, round_robin")
+    ] = "expected_finish_time",
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Start the engine and the gateway on this machine (the embedded default needs no config)."""
@@ -98,17 +110,28 @@ def up(
     bind_host = host or cfg.server.host
     bind_port = port or cfg.server.port
     console.print(_plan_table(runtime, profile))
-    console.print(f"Starting {len(engine.replicas)} llama-server replica(s); the API will be at "
-                  f"[bold]http://{bind_host}:{bind_port}/v1[/] when they are ready.")
+    console.print(
+        f"Starting {len(engine.replicas)} llama-server replica(s); the API will be at "
+        f"[bold]http://{bind_host}:{bind_port}/v1[/] when they are ready."
+    )
     application = create_app(gateway, lambda: engine_lifespan(engine, client))
-    uvicorn.run(application, host=bind_host, port=bind_port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=10)
+    # log_config=None: keep our logging setup (uvicorn's would hide corral's own lines).
+    uvicorn.run(
+        application,
+        host=bind_host,
+        port=bind_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def _plan_table(runtime: Any, profile: NodeProfile) -> Table:
-    table = Table(title=f"{profile.hostname}: {profile.cores_physical} cores, "
-                        f"{profile.ram_total_bytes / 1024**3:.1f} GiB RAM, "
-                        f"{' '.join(sorted(profile.cpu_flags)) or 'no SIMD flags'}")
+    table = Table(
+        title=f"{profile.hostname}: {profile.cores_physical} cores, "
+        f"{profile.ram_total_bytes / 1024**3:.1f} GiB RAM, "
+        f"{' '.join(sorted(profile.cpu_flags)) or 'no SIMD flags'}"
+    )
     for column in ("replica", "model", "slots", "context/slot", "threads"):
         table.add_column(column)
     for name, replica in runtime.replicas.items():
@@ -120,14 +143,20 @@ def _plan_table(runtime: Any, profile: NodeProfile) -> Table:
 @app.command()
 def status(
     url: Annotated[str, typer.Option(help="gateway URL")] = "http://127.0.0.1:8400",
-    key: Annotated[str | None, typer.Option(envvar="CORRAL_API_KEY", help="API key [env: CORRAL_API_KEY]")] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="CORRAL_API_KEY", help="API key [env: CORRAL_API_KEY]")
+    ] = None,
 ) -> None:
     """Show experts, replicas, health, load and tokens/s of a running corral."""
     if not key:
         key = os.environ.get("OPENAI_API_KEY")
     try:
-        response = httpx.get(url.rstrip("/") + "/api/status", timeout=5,
-                             headers={"authorization": f"Bearer {key or ''}"}, trust_env=False)
+        response = httpx.get(
+            url.rstrip("/") + "/api/status",
+            timeout=5,
+            headers={"authorization": f"Bearer {key or ''}"},
+            trust_env=False,
+        )
     except httpx.TransportError:
         err_console.print(f"[bold red]error:[/] nothing answers at {url}; start it with `corral up`")
         raise typer.Exit(1) from None
@@ -137,7 +166,9 @@ def status(
         raise typer.Exit(1)
     table = Table(title=f"corral at {url}")
     for column in ("expert", "replica", "status", "load", "tok/s", "served", "fail", "restarts"):
-        table.add_column(column, justify="right" if column in ("load", "tok/s", "served", "fail", "restarts") else "left")
+        table.add_column(
+            column, justify="right" if column in ("load", "tok/s", "served", "fail", "restarts") else "left"
+        )
     for expert in response.json()["experts"]:
         for r in expert["replicas"] or [{"name": "-", "status": "no replicas"}]:
             colour = "green" if r.get("healthy") else "red"
@@ -180,17 +211,26 @@ def models(
         if bundled is not None:
             try:
                 with console.status("measuring tokens/s on this machine (once)..."):
-                    tps = asyncio.run(measure_tokens_per_second(
-                        locate(paths.engine_libs), bundled, profile, paths.logs, paths.profile_cache))
+                    tps = asyncio.run(
+                        measure_tokens_per_second(
+                            locate(paths.engine_libs), bundled, profile, paths.logs, paths.profile_cache
+                        )
+                    )
                 profile = profile.with_speed(tps)
             except (CorralError, RuntimeError) as err:
                 err_console.print(f"[yellow]could not measure speed:[/] {err}")
     flags = " ".join(sorted(profile.cpu_flags)) or "none"
-    speed = f"{profile.tokens_per_second:.1f} tok/s on the bundled model" if profile.tokens_per_second else "speed not measured"
-    console.print(f"[bold]{profile.hostname}[/]: {profile.cpu_model}; {profile.cores_physical} cores "
-                  f"({profile.cores_logical} threads), {profile.ram_available_bytes / 1024**3:.1f} of "
-                  f"{profile.ram_total_bytes / 1024**3:.1f} GiB free, disk {profile.disk_free_bytes / 1024**3:.0f} GiB free; "
-                  f"flags: {flags}; {speed}")
+    speed = (
+        f"{profile.tokens_per_second:.1f} tok/s on the bundled model"
+        if profile.tokens_per_second
+        else "speed not measured"
+    )
+    console.print(
+        f"[bold]{profile.hostname}[/]: {profile.cpu_model}; {profile.cores_physical} cores "
+        f"({profile.cores_logical} threads), {profile.ram_available_bytes / 1024**3:.1f} of "
+        f"{profile.ram_total_bytes / 1024**3:.1f} GiB free, "
+        f"disk {profile.disk_free_bytes / 1024**3:.0f} GiB free; flags: {flags}; {speed}"
+    )
     table = Table()
     for column in ("model", "source", "arch", "params", "quant", "ctx", "size", "fits", "why"):
         table.add_column(column)
@@ -205,7 +245,8 @@ def models(
             item.id if item.source == "bundled" else Path(item.id).name, item.source,
             info.architecture, info.parameters_human, info.quantization, str(info.context_length),
             f"{info.size_bytes / 1024**2:.0f} MiB", "[green]yes[/]" if verdict.fits else "[red]no[/]",
-            "; ".join(verdict.reasons) or f"needs {verdict.need_bytes / 1024**2:.0f} MiB with {context} tokens of context",
+            "; ".join(verdict.reasons) or f"needs {verdict.need_bytes / 1024**2:.0f} MiB "
+            f"with {context} tokens of context",
         )  # fmt: skip
     console.print(table)
 
@@ -246,7 +287,9 @@ def keys_list(home: HomeOpt = None) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="the id shown by `corral keys list`")], home: HomeOpt = None) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the id shown by `corral keys list`")], home: HomeOpt = None
+) -> None:
     """Revoke a key; a running gateway refuses it from the next request on."""
     try:
         record = KeyStore(_paths(home).keys_file).revoke(key_id)

@@ -35,9 +35,7 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8400, ge=1, le=65535)
-    max_queue: int = Field(
-        32, ge=0, description="requests allowed to wait per expert beyond its free slots"
-    )
+    max_queue: int = Field(32, ge=0, description="requests allowed to wait per expert beyond its free slots")
     request_timeout_s: float = Field(600.0, gt=0)
     connect_timeout_s: float = Field(2.0, gt=0)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
@@ -111,13 +109,21 @@ def cross_check(config: CorralConfig) -> list[Problem]:
     for i, expert in enumerate(config.experts):
         for target in expert.fallback:
             if target not in experts:
-                problems.append((("experts", i, "fallback"),
-                                 f"expert {expert.name!r} falls back to {target!r}, which is not an "
-                                 f"expert; known experts: {', '.join(sorted(experts))}"))
+                problems.append(
+                    (
+                        ("experts", i, "fallback"),
+                        f"expert {expert.name!r} falls back to {target!r}, which is not an "
+                        f"expert; known experts: {', '.join(sorted(experts))}",
+                    )
+                )
             elif experts[target].kind != expert.kind:
-                problems.append((("experts", i, "fallback"),
-                                 f"expert {expert.name!r} ({expert.kind}) cannot fall back to "
-                                 f"{target!r} ({experts[target].kind})"))
+                problems.append(
+                    (
+                        ("experts", i, "fallback"),
+                        f"expert {expert.name!r} ({expert.kind}) cannot fall back to "
+                        f"{target!r} ({experts[target].kind})",
+                    )
+                )
     if not any(e.kind == "chat" for e in config.experts):
         problems.append((("experts",), "declare at least one expert of kind 'chat'"))
     return problems

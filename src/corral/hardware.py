@@ -42,16 +42,16 @@ class NodeProfile:
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
     """(model name, interesting flags) from the text of /proc/cpuinfo."""
-    model = platform.processor() or "unknown"
+    model = ""
     flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
-        if key == "model name" and model in ("unknown", "", platform.processor()):
+        if key == "model name" and not model:
             model = value.strip()
         elif key in ("flags", "Features"):
             flags.update(value.split())
-    return model, frozenset(f for f in flags if f in INTERESTING_FLAGS)
+    return model or platform.processor() or "unknown", frozenset(f for f in flags if f in INTERESTING_FLAGS)
 
 
 def detect_profile(data_dir: Path, cpuinfo: Path = Path("/proc/cpuinfo")) -> NodeProfile:

@@ -76,10 +76,17 @@ class Runtime:
         replica = self.replicas.get(name)
         if replica is None:
             return {}
-        return {"url": replica.url, "pid": replica.pid, "threads": replica.spec.threads,
-                "context_per_slot": replica.spec.context_per_slot, "log": str(replica.log_path)}
+        return {
+            "url": replica.url,
+            "pid": replica.pid,
+            "threads": replica.spec.threads,
+            "context_per_slot": replica.spec.context_per_slot,
+            "log": str(replica.log_path),
+        }
 
-    def build(self, client: httpx.AsyncClient, binaries: EngineBinaries | None = None) -> tuple[Gateway, Engine]:
+    def build(
+        self, client: httpx.AsyncClient, binaries: EngineBinaries | None = None
+    ) -> tuple[Gateway, Engine]:
         specs = self.plan()
         binaries = binaries or locate(self.paths.engine_libs)
         engine = Engine(binaries, self.paths.logs, client)
@@ -87,7 +94,9 @@ class Runtime:
         for spec in specs:
             replica = engine.add(spec)
             self.replicas[spec.name] = replica
-            registry.add(HttpBackend(spec.name, spec.expert, spec.model.id, replica.url, client, replica.state))
+            registry.add(
+                HttpBackend(spec.name, spec.expert, spec.model.id, replica.url, client, replica.state)
+            )
         for expert in self.config.experts:
             if expert.url is not None:
                 registry.add(_remote_backend(expert, client))
@@ -111,8 +120,9 @@ def _remote_backend(expert: ExpertConfig, client: httpx.AsyncClient) -> HttpBack
     state = BackendState(slots=expert.slots)
     state.set_status("remote")
     base = expert.url or ""
-    return HttpBackend(f"{expert.name}/remote", expert.name, expert.model, base.removesuffix("/v1"),
-                       client, state)
+    return HttpBackend(
+        f"{expert.name}/remote", expert.name, expert.model, base.removesuffix("/v1"), client, state
+    )
 
 
 @asynccontextmanager

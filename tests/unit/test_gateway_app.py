@@ -72,13 +72,20 @@ async def test_chat_routes_and_adds_stop_strings(tmp_path: Path, backends: tuple
     assert backends[0].state.measured  # timings folded into the speed estimate
 
 
-async def test_health_public_everything_else_needs_key(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
+async def test_health_public_everything_else_needs_key(
+    tmp_path: Path, backends: tuple[FakeBackend, ...]
+) -> None:
     harness = Harness(tmp_path, *backends)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=harness.app), base_url="http://c") as anon:
         assert (await anon.get("/health")).status_code == 200
         assert (await anon.get("/ready")).status_code == 200
-        for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
-                             ("GET", "/metrics"), ("GET", "/api/status"), ("POST", "/v1/embeddings")]:
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("POST", "/v1/chat/completions"),
+            ("GET", "/metrics"),
+            ("GET", "/api/status"),
+            ("POST", "/v1/embeddings"),
+        ]:
             response = await anon.request(method, path, json=chat())
             assert response.status_code == 401, path
             assert "corral keys create" in response.json()["error"]["message"]
@@ -103,8 +110,9 @@ async def test_bad_requests_get_openai_errors(
 ) -> None:
     harness = Harness(tmp_path, *backends)
     async with harness.client() as client:
-        response = await client.post("/v1/chat/completions", content=payload,
-                                     headers={"content-type": "application/json"})
+        response = await client.post(
+            "/v1/chat/completions", content=payload, headers={"content-type": "application/json"}
+        )
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
@@ -140,8 +148,11 @@ async def test_connect_error_retries_then_falls_back(tmp_path: Path) -> None:
 
 
 async def test_all_down_is_503_with_retry_after(tmp_path: Path) -> None:
-    harness = Harness(tmp_path, FakeBackend("general/0", "general", healthy=False),
-                      FakeBackend("fallback/0", "fallback", healthy=False))
+    harness = Harness(
+        tmp_path,
+        FakeBackend("general/0", "general", healthy=False),
+        FakeBackend("fallback/0", "fallback", healthy=False),
+    )
     async with harness.client() as client:
         response = await client.post("/v1/chat/completions", json=chat())
         ready = await client.get("/ready")
@@ -152,10 +163,20 @@ async def test_all_down_is_503_with_retry_after(tmp_path: Path) -> None:
 
 
 async def test_backend_4xx_passes_through_and_context_overflow_explains(tmp_path: Path) -> None:
-    overflow = {"error": {"code": 400, "type": "exceed_context_size_error", "message": "too long",
-                          "n_prompt_tokens": 5000, "n_ctx": 2048}}
-    harness = Harness(tmp_path, FakeBackend("general/0", "general", status_code=400, error_body=overflow),
-                      FakeBackend("fallback/0", "fallback"))
+    overflow = {
+        "error": {
+            "code": 400,
+            "type": "exceed_context_size_error",
+            "message": "too long",
+            "n_prompt_tokens": 5000,
+            "n_ctx": 2048,
+        }
+    }
+    harness = Harness(
+        tmp_path,
+        FakeBackend("general/0", "general", status_code=400, error_body=overflow),
+        FakeBackend("fallback/0", "fallback"),
+    )
     async with harness.client() as client:
         response = await client.post("/v1/chat/completions", json=chat())
     assert response.status_code == 400
@@ -179,7 +200,10 @@ async def test_streaming_relays_events_and_counts(tmp_path: Path, backends: tupl
     )
     assert text == "from general"
     assert body.rstrip().endswith(b"data: [DONE]")
-    assert 'corral_requests_total{endpoint="chat",expert="general",replica="general/0",status="200"} 1.0' in metrics
+    assert (
+        'corral_requests_total{endpoint="chat",expert="general",replica="general/0",status="200"} 1.0'
+        in metrics
+    )
     assert "corral_time_to_first_token_seconds_count" in metrics
     assert backends[0].state.in_flight == 0
 

@@ -10,8 +10,13 @@ from corral.gateway.router import RoundRobin, Router, by_expected_finish, by_lea
 from corral.testing import FakeBackend
 
 EXPERTS = [
-    ExpertConfig(name="general", model="m", description="general chat questions writing",
-                 aliases=["gpt-4o-mini"], fallback=["fallback"]),
+    ExpertConfig(
+        name="general",
+        model="m",
+        description="general chat questions writing",
+        aliases=["gpt-4o-mini"],
+        fallback=["fallback"],
+    ),
     ExpertConfig(name="coder", model="m", description="python code programming bugs functions"),
     ExpertConfig(name="fallback", model="m", description="tiny model", always_loaded=True),
     ExpertConfig(name="embed", model="m", kind="embedding", description="embeddings"),
@@ -49,8 +54,10 @@ def test_auto_picks_expert_by_description() -> None:
 
 
 def test_lexical_chooser_ignores_words_every_expert_shares() -> None:
-    experts = [ExpertConfig(name="a", model="m", description="model for math"),
-               ExpertConfig(name="b", model="m", description="model for poetry")]
+    experts = [
+        ExpertConfig(name="a", model="m", description="model for math"),
+        ExpertConfig(name="b", model="m", description="model for poetry"),
+    ]
     chooser = LexicalChooser(experts)
     assert chooser.choose("a model that writes poetry", experts).expert == "b"
 
@@ -88,23 +95,24 @@ def test_admission_bounds_queue_then_429() -> None:
     router = make_router(backend, max_queue=1)
     candidates = router.candidates("general", 10)
     with router.admit("general", candidates), router.admit("general", candidates):
-        with pytest.raises(QueueFullError) as info:
-            with router.admit("general", candidates):
-                pass
+        with pytest.raises(QueueFullError) as info, router.admit("general", candidates):
+            pass
         assert info.value.retry_after_s >= 1
     assert router.admitted["general"] == 0
 
 
 def test_no_backend_says_what_is_down() -> None:
     router = make_router(FakeBackend("general/0", "general", healthy=False))
-    with pytest.raises(NoBackendError, match="general/0: crashed"):
-        with router.admit("general", router.candidates("general", 1)):
-            pass
+    candidates = router.candidates("general", 1)
+    with pytest.raises(NoBackendError, match="general/0: crashed"), router.admit("general", candidates):
+        pass
 
 
 def test_chain_is_depth_first_without_repeats() -> None:
-    experts = [ExpertConfig(name="a", model="m", fallback=["b", "c"]),
-               ExpertConfig(name="b", model="m", fallback=["a", "c"]),
-               ExpertConfig(name="c", model="m")]
+    experts = [
+        ExpertConfig(name="a", model="m", fallback=["b", "c"]),
+        ExpertConfig(name="b", model="m", fallback=["a", "c"]),
+        ExpertConfig(name="c", model="m"),
+    ]
     router = Router(experts, LocalRegistry())
     assert router.chain("a") == ["a", "b", "c"]

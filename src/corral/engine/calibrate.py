@@ -19,7 +19,8 @@ TOKENS = 48
 
 
 def fingerprint(binaries: EngineBinaries, model: ModelEntry, profile: NodeProfile) -> str:
-    return f"{binaries.fingerprint}|{model.id}|{model.info.size_bytes}|{profile.cpu_model}|{profile.cores_physical}"
+    parts = (binaries.fingerprint, model.id, model.info.size_bytes, profile.cpu_model, profile.cores_physical)
+    return "|".join(str(p) for p in parts)
 
 
 async def measure_tokens_per_second(
@@ -30,8 +31,7 @@ async def measure_tokens_per_second(
     cached = load_measured_speed(cache, key)
     if cached is not None:
         return cached
-    spec = ReplicaSpec("calibrate", 0, model, slots=1, context_per_slot=512,
-                       threads=profile.cores_physical)
+    spec = ReplicaSpec("calibrate", 0, model, slots=1, context_per_slot=512, threads=profile.cores_physical)
     replica = Replica(spec, binaries, log_dir)
     async with httpx.AsyncClient(timeout=120, trust_env=False) as client:
         await replica.start()

@@ -64,9 +64,7 @@ class Engine:
         """Start replicas concurrently; return those that failed to become ready."""
         targets = list(self.replicas if replicas is None else replicas)
         await asyncio.gather(*(r.start() for r in targets))
-        ready = await asyncio.gather(
-            *(r.wait_ready(self.client, self.ready_timeout_s) for r in targets)
-        )
+        ready = await asyncio.gather(*(r.wait_ready(self.client, self.ready_timeout_s) for r in targets))
         now = time.monotonic()
         for replica, ok in zip(targets, ready, strict=True):
             if ok:
@@ -112,9 +110,7 @@ class Engine:
             return
         process = replica.process
         if process is not None and process.returncode is not None:
-            replica.state.set_status(
-                "crashed", error=f"exit code {process.returncode}\n{replica.log_tail()}"
-            )
+            replica.state.set_status("crashed", error=f"exit code {process.returncode}\n{replica.log_tail()}")
             self._tasks.spawn(
                 self.restart(replica, f"exited with code {process.returncode}"),
                 name=f"restart-{replica.spec.name}",

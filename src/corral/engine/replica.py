@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +63,16 @@ class ReplicaSpec:
         return args + list(self.extra_args)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it if corral dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -97,7 +109,8 @@ class Replica:
     async def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.state.set_status("starting")
-        with open(self.log_path, "ab") as log:
+        log = await asyncio.to_thread(open, self.log_path, "ab")
+        try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.spec.command(self.binaries, self.port),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -105,7 +118,10 @@ class Replica:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.binaries.env(),
                 start_new_session=True,  # our Ctrl-C is handled by us, not sent to children
+                preexec_fn=_die_with_parent,
             )
+        finally:
+            log.close()
 
     async def wait_ready(self, client: httpx.AsyncClient, timeout_s: float) -> bool:
         """Poll /health until 200, the process exits, or the timeout passes."""

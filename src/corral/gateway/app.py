@@ -99,9 +99,7 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
 
     def authorize(request: Request, need: Scope = "user") -> None:
         headers = request.headers
-        gateway.keys.verify(
-            bearer_token(headers.get("authorization"), headers.get("x-api-key")), need=need
-        )
+        gateway.keys.verify(bearer_token(headers.get("authorization"), headers.get("x-api-key")), need=need)
 
     async def forward(request: Request, endpoint: Endpoint) -> Response:
         authorize(request)
@@ -127,8 +125,15 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
     @app.get("/v1/models", tags=["openai"])
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
-        data = [{"id": "auto", "object": "model", "created": gateway.created, "owned_by": "corral",
-                 "corral": {"kind": "router", "description": "mixture-of-experts routing"}}]
+        data = [
+            {
+                "id": "auto",
+                "object": "model",
+                "created": gateway.created,
+                "owned_by": "corral",
+                "corral": {"kind": "router", "description": "mixture-of-experts routing"},
+            }
+        ]
         for name, expert in gateway.router.experts.items():
             meta = {"kind": expert.kind, "description": expert.description, "model": expert.model}
             for model_id in [name, *expert.aliases]:
@@ -171,7 +176,12 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
 def _too_large(limit: int) -> Response:
     from corral.gateway.errors import error_body
 
-    err = BadRequestError(f"request body is larger than {limit} bytes; send a smaller request "
-                          "or raise server.max_body_bytes in corral.yaml")
-    return Response(error_body(err.message, err.error_type, code="request_too_large"),
-                    status_code=413, media_type="application/json")
+    err = BadRequestError(
+        f"request body is larger than {limit} bytes; send a smaller request "
+        "or raise server.max_body_bytes in corral.yaml"
+    )
+    return Response(
+        error_body(err.message, err.error_type, code="request_too_large"),
+        status_code=413,
+        media_type="application/json",
+    )

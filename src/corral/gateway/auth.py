@@ -107,8 +107,7 @@ class KeyStore:
         """The record for a valid key, or AuthError/ForbiddenError saying what to do."""
         if not presented:
             raise AuthError(
-                "missing API key: send `Authorization: Bearer <key>`; "
-                "create one with `corral keys create`"
+                "missing API key: send `Authorization: Bearer <key>`; create one with `corral keys create`"
             )
         self._load()
         parts = presented.split("_")
@@ -117,12 +116,11 @@ class KeyStore:
         expected = record.sha256 if record else _hash("corral-dummy-key")
         matches = hmac.compare_digest(_hash(presented), expected)
         if record is None or not matches or not record.active:
-            raise AuthError(
-                "invalid or revoked API key; check it, or create one with `corral keys create`"
-            )
+            raise AuthError("invalid or revoked API key; check it, or create one with `corral keys create`")
         if need == "admin" and record.scope != "admin":
-            raise ForbiddenError("this route needs an admin key; create one with "
-                                 "`corral keys create --scope admin`")
+            raise ForbiddenError(
+                "this route needs an admin key; create one with `corral keys create --scope admin`"
+            )
         return record
 
 

@@ -19,8 +19,10 @@ from corral.config import ExpertConfig
 
 _WORD = re.compile(r"[a-z0-9+#]+")
 _STOP = frozenset(
-    "a an and are as at be by can do for from how i in is it me my of on or please the this to "
-    "what when where which who why with you your".split()
+    (
+        "a an and are as at be by can do for from how i in is it me my of on or please the this "
+        "to what when where which who why with you your"
+    ).split()
 )
 
 
@@ -53,9 +55,7 @@ class LexicalChooser:
     b = 0.75
 
     def __init__(self, experts: Sequence[ExpertConfig]) -> None:
-        self._docs = {
-            e.name: Counter(terms(" ".join([e.name, *e.aliases, e.description]))) for e in experts
-        }
+        self._docs = {e.name: Counter(terms(" ".join([e.name, *e.aliases, e.description]))) for e in experts}
         n = len(self._docs) or 1
         df: Counter[str] = Counter()
         for doc in self._docs.values():

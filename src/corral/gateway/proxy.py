@@ -9,6 +9,7 @@ cancels the backend request (closing the connection stops llama-server's generat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -56,7 +57,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BadRequestError("request body is not UTF-8 text; send UTF-8 encoded JSON") from None
     if not isinstance(body, dict):
-        raise BadRequestError("request body must be a JSON object like {\"model\": ..., ...}")
+        raise BadRequestError('request body must be a JSON object like {"model": ..., ...}')
     return body
 
 
@@ -71,7 +72,7 @@ def validate(endpoint: Endpoint, body: dict[str, Any]) -> None:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequestError(
-                "`messages` must be a non-empty list of {\"role\": ..., \"content\": ...}",
+                '`messages` must be a non-empty list of {"role": ..., "content": ...}',
                 param="messages",
             )
         for i, message in enumerate(messages):
@@ -79,12 +80,12 @@ def validate(endpoint: Endpoint, body: dict[str, Any]) -> None:
                 raise BadRequestError(
                     f"messages[{i}] must be an object with a string `role`", param="messages"
                 )
-    elif endpoint is COMPLETIONS:
-        if not isinstance(body.get("prompt"), str | list):
-            raise BadRequestError("`prompt` must be a string or a list of strings", param="prompt")
-    elif endpoint is EMBEDDINGS:
-        if not isinstance(body.get("input"), str | list) or body.get("input") in ("", []):
-            raise BadRequestError("`input` must be a non-empty string or list", param="input")
+    elif endpoint is COMPLETIONS and not isinstance(body.get("prompt"), str | list):
+        raise BadRequestError("`prompt` must be a string or a list of strings", param="prompt")
+    elif endpoint is EMBEDDINGS and (
+        not isinstance(body.get("input"), str | list) or body.get("input") in ("", [])
+    ):
+        raise BadRequestError("`input` must be a non-empty string or list", param="input")
 
 
 def routing_text(body: dict[str, Any]) -> str:
@@ -179,7 +180,7 @@ class Proxy:
         started: float,
     ) -> Response:
         last_error = ""
-        for attempt, candidate in enumerate(candidates):
+        for candidate in candidates:
             backend, expert = candidate.backend, candidate.expert
             state = backend.state
             if not state.healthy:  # it may have failed for an earlier attempt of this request
@@ -266,7 +267,8 @@ class Proxy:
         expert: str,
     ) -> BackendResponse:
         payload = self._payload(body, raw, backend, expert)
-        return await _unless_disconnected(request, backend.open(endpoint.path, payload))
+        response: BackendResponse = await _unless_disconnected(request, backend.open(endpoint.path, payload))
+        return response
 
     async def _client_error(
         self,
@@ -346,10 +348,8 @@ class Proxy:
     def _observe_stream(self, chunk: bytes, backend: Backend, expert: str) -> None:
         for line in chunk.split(b"\n"):
             if line.startswith(b"data: ") and b'"timings"' in line:
-                try:
+                with contextlib.suppress(ValueError):
                     self._record_timings(json.loads(line[6:]), backend, expert)
-                except ValueError:
-                    pass
                 return
 
     def _record_timings(self, data: Any, backend: Backend, expert: str) -> None:
@@ -358,13 +358,9 @@ class Proxy:
             tokens = int(timings["predicted_n"])
             backend.state.observe_speed(tokens, float(timings.get("predicted_ms", 0)) / 1000)
             self.metrics.generated_tokens.labels(expert).inc(tokens)
-            self.metrics.tokens_per_second.labels(expert, backend.name).set(
-                backend.state.tokens_per_second
-            )
+            self.metrics.tokens_per_second.labels(expert, backend.name).set(backend.state.tokens_per_second)
 
-    def _count(
-        self, endpoint: Endpoint, expert: str, backend: Backend, status: int, started: float
-    ) -> None:
+    def _count(self, endpoint: Endpoint, expert: str, backend: Backend, status: int, started: float) -> None:
         backend.state.served += 1
         self.metrics.requests.labels(endpoint.name, expert, backend.name, str(status)).inc()
         self.metrics.latency.labels(endpoint.name, expert).observe(time.perf_counter() - started)

@@ -90,7 +90,7 @@ class Router:
         """Which expert serves `model` for an endpoint of `kind` (chat or embedding)."""
         if not isinstance(model, str) or not model:
             raise BadRequestError(
-                "`model` is required: name an expert, an alias, or use \"auto\"", param="model"
+                '`model` is required: name an expert, an alias, or use "auto"', param="model"
             )
         if model == "auto":
             pool = [e for e in self.experts.values() if e.kind == kind]

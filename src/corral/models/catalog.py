@@ -93,8 +93,7 @@ def check_fit(
         )
     if info.context_length and context_tokens > info.context_length:
         reasons.append(
-            f"asks for {context_tokens} tokens of context, the model was trained on "
-            f"{info.context_length}"
+            f"asks for {context_tokens} tokens of context, the model was trained on {info.context_length}"
         )
     if "avx2" not in profile.cpu_flags:
         reasons.append("no AVX2 on this CPU: expect roughly half the speed")
@@ -139,11 +138,7 @@ class Catalog:
         refs: list[str] = list(BUNDLED)
         bundled_files = {b.weights.filename for b in BUNDLED.values()}
         if self.models_dir.is_dir():
-            refs += [
-                str(p)
-                for p in sorted(self.models_dir.glob("*.gguf"))
-                if p.name not in bundled_files
-            ]
+            refs += [str(p) for p in sorted(self.models_dir.glob("*.gguf")) if p.name not in bundled_files]
         refs += [r for r in extra_refs if r not in refs]
         found: list[ModelEntry | ModelFileError] = []
         for ref in refs:

@@ -64,9 +64,7 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     try:
         reader = GGUFReader(path, "r")
     except Exception as exc:  # the reader raises bare ValueError/struct errors on corrupt files
-        raise ModelFileError(
-            f"{path} has a damaged GGUF header ({exc}); download the file again"
-        ) from None
+        raise ModelFileError(f"{path} has a damaged GGUF header ({exc}); download the file again") from None
 
     fields = {name: _field_value(field) for name, field in reader.fields.items()}
     arch = str(fields.get("general.architecture", "unknown"))

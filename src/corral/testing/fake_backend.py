@@ -88,29 +88,52 @@ class FakeBackend:
         timings = {"predicted_n": len(words), "predicted_ms": 1000.0 * len(words) * delay}
         created = int(time.time())
         if path.endswith("/embeddings"):
-            data = {"object": "list", "model": self.model_id,
-                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]}
-            return FakeResponse(200, [json.dumps(data).encode()])
+            vectors: dict[str, object] = {
+                "object": "list",
+                "model": self.model_id,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            }
+            return FakeResponse(200, [json.dumps(vectors).encode()])
         if body.get("stream"):
             chunks = []
             for i, word in enumerate(words):
                 delta = {"content": word if i == 0 else " " + word}
-                event = {"id": "fake", "object": "chat.completion.chunk", "created": created,
-                         "model": self.model_id, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                event = {
+                    "id": "fake",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": self.model_id,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                }
                 chunks.append(b"data: " + json.dumps(event).encode() + b"\n\n")
-            final = {"id": "fake", "object": "chat.completion.chunk", "created": created, "model": self.model_id,
-                     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "timings": timings}
+            final = {
+                "id": "fake",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.model_id,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "timings": timings,
+            }
             chunks.append(b"data: " + json.dumps(final).encode() + b"\n\n")
             chunks.append(b"data: [DONE]\n\n")
             return FakeResponse(200, chunks, delay, {"content-type": "text/event-stream"})
         if path.endswith("/chat/completions"):
-            choice: dict[str, object] = {"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": self.reply}}
+            choice: dict[str, object] = {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": self.reply},
+            }
             obj = "chat.completion"
         else:
             choice = {"index": 0, "finish_reason": "stop", "text": self.reply}
             obj = "text_completion"
-        data = {"id": "fake", "object": obj, "created": created, "model": self.model_id,
-                "choices": [choice], "timings": timings,
-                "usage": {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)}}
+        data: dict[str, object] = {
+            "id": "fake",
+            "object": obj,
+            "created": created,
+            "model": self.model_id,
+            "choices": [choice],
+            "timings": timings,
+            "usage": {"prompt_tokens": 1, "completion_tokens": len(words), "total_tokens": 1 + len(words)},
+        }
         return FakeResponse(200, [json.dumps(data).encode()], delay * len(words))
