@@ -195,3 +195,74 @@ def test_fallback_answers_when_the_whole_expert_is_down(corral: RunningCorral, c
     assert raw.parse().choices[0].message.content is not None
     for name in ("general/0", "general/1"):
         corral.wait_healthy(name)
+
+
+def predicted_tokens(url: str) -> float:
+    text = httpx.get(url + "/metrics", trust_env=False).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.endswith("tokens_predicted_total")
+    )
+
+
+def test_client_disconnect_cancels_generation(corral: RunningCorral) -> None:
+    replica = corral.wait_healthy("coder/0")  # one replica, one slot: all traffic lands there
+    before = predicted_tokens(str(replica["url"]))
+    body = {
+        "model": "coder",
+        "prompt": "1, 2, 3, 4, 5,",
+        "max_tokens": 1500,
+        "stream": True,
+        "temperature": 0,
+    }
+    with httpx.stream(
+        "POST",
+        corral.url + "/v1/completions",
+        json=body,
+        trust_env=False,
+        timeout=60,
+        headers={"authorization": f"Bearer {corral.key}"},
+    ) as response:
+        assert response.status_code == 200
+        for n, _ in enumerate(response.iter_lines()):
+            if n >= 6:
+                break  # leave mid-answer: closing the connection must stop llama-server
+    deadline = time.monotonic() + 90
+    while corral.replica("coder/0")["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # A new request is served at once by the single slot, so the abandoned one no longer holds it.
+    followup = httpx.post(
+        corral.url + "/v1/completions",
+        trust_env=False,
+        timeout=60,
+        headers={"authorization": f"Bearer {corral.key}"},
+        json={"model": "coder", "prompt": "Hi", "max_tokens": 2},
+    )
+    assert followup.status_code == 200
+    generated = predicted_tokens(str(replica["url"])) - before
+    assert 0 < generated < 500, f"{generated} tokens generated; the client left after 6 events"
+
+
+def test_status_cli_shows_replicas(corral: RunningCorral) -> None:
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+
+    result = CliRunner().invoke(app, ["status", "--url", corral.url, "--key", corral.key])
+    assert result.exit_code == 0, result.output
+    for name in ("general/0", "general/1", "coder/0", "fallback/0", "embed/0"):
+        assert name in result.output
+
+
+def test_models_cli_measures_speed_and_fit(corral: RunningCorral) -> None:
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+
+    result = CliRunner().invoke(app, ["models", "--home", str(corral.home)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "gemma3-270m" in result.output and "Q4_K_M" in result.output
+    assert "tok/s on the bundled model" in result.output
+    assert "yes" in result.output

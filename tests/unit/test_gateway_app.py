@@ -242,3 +242,31 @@ async def test_oversize_body_is_413(tmp_path: Path, backends: tuple[FakeBackend,
         response = await client.post("/v1/chat/completions", json=chat(extra="x" * 500))
     assert response.status_code == 413
     assert "max_body_bytes" in response.json()["error"]["message"]
+
+
+async def test_key_management_needs_admin_scope(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
+    harness = Harness(tmp_path, *backends)
+    _, admin = harness.keys.create("root", "admin")
+    async with harness.client() as user_client:
+        assert (await user_client.get("/api/keys")).status_code == 403
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=harness.app),
+        base_url="http://c",
+        headers={"authorization": f"Bearer {admin}"},
+    ) as admin_client:
+        created = await admin_client.post("/api/keys", json={"name": "phone"})
+        assert created.status_code == 201
+        new_key = created.json()["key"]
+        listed = (await admin_client.get("/api/keys")).json()["keys"]
+        assert all("key" not in k and "sha256" not in k for k in listed)
+        assert {"test", "root", "phone"} == {k["name"] for k in listed}
+        bad = await admin_client.post("/api/keys", json={"name": "x", "scope": "root"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "scope"
+        assert (await admin_client.delete("/api/keys/ffffffff")).status_code == 404
+        assert (await admin_client.delete(f"/api/keys/{created.json()['id']}")).status_code == 200
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=harness.app),
+        base_url="http://c",
+        headers={"authorization": f"Bearer {new_key}"},
+    ) as revoked:
+        assert (await revoked.get("/v1/models")).status_code == 401

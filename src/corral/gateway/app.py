@@ -10,10 +10,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
 from corral.errors import BadRequestError
-from corral.gateway.auth import KeyStore, Scope, bearer_token
+from corral.gateway.auth import KeyRecord, KeyStore, Scope, bearer_token
 from corral.gateway.errors import install_error_handlers
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
@@ -160,6 +161,27 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         authorize(request)
         return gateway.status()
 
+    @app.get("/api/keys", tags=["admin"])
+    async def list_keys(request: Request) -> dict[str, Any]:
+        """Key ids, names and scopes (never secrets). Admin scope."""
+        authorize(request, "admin")
+        return {"keys": [_key_json(r) for r in gateway.keys.list()]}
+
+    @app.post("/api/keys", tags=["admin"], status_code=201)
+    async def create_key(request: Request, body: NewKey) -> dict[str, Any]:
+        """Create a key; the secret is in this response only. Admin scope."""
+        authorize(request, "admin")
+        record, secret = gateway.keys.create(body.name, body.scope)
+        return {**_key_json(record), "key": secret}
+
+    @app.delete("/api/keys/{key_id}", tags=["admin"])
+    async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
+        """Revoke a key from the next request on. Admin scope."""
+        authorize(request, "admin")
+        if key_id not in {r.id for r in gateway.keys.list()}:
+            raise UnknownKeyError(f"no key with id {key_id!r}; GET /api/keys lists them")
+        return _key_json(gateway.keys.revoke(key_id))
+
     @app.get("/metrics", tags=["corral"])
     async def metrics(request: Request) -> Response:
         authorize(request)
@@ -171,6 +193,27 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class NewKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    scope: Scope = "user"
+
+
+class UnknownKeyError(BadRequestError):
+    status_code = 404
+    code = "key_not_found"
+
+
+def _key_json(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "scope": record.scope,
+        "created_at": record.created_at,
+        "revoked_at": record.revoked_at,
+    }
 
 
 def _too_large(limit: int) -> Response:

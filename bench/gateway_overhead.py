@@ -1,0 +1,336 @@
+"""What the corral gateway adds over talking to llama-server directly, measured side by side.
+
+One real llama-server replica of the bundled model, and the real gateway (uvicorn, its own
+process) in front of it. Every measurement interleaves direct and via-gateway requests, and
+alternates which goes first, so machine noise hits both equally:
+
+1. latency of a 1-token `/v1/completions` request (p50 / p99, and the paired difference);
+2. time to first token of a streamed `/v1/chat/completions` request;
+3. throughput (completion tokens/s) at concurrency 1, 4 and 16, gateway / direct.
+
+    uv run python bench/gateway_overhead.py            # ~3 minutes on 2 cores
+    uv run python bench/gateway_overhead.py --write    # and update docs/benchmarks.md
+    uv run python bench/gateway_overhead.py --scale 3  # 3x the requests, tighter figures
+    uv run --with pyinstrument python bench/gateway_overhead.py --profile /tmp/gw.txt
+
+Targets (issue): added p50 <= 1 ms, added p99 <= 5 ms, throughput ratio >= 0.97.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (  # noqa: E402
+    EXPERT,
+    bench_home,
+    install_signal_handlers,
+    machine,
+    median,
+    ms,
+    pct,
+    resolve_model,
+    spread,
+    start_gateway,
+    start_replicas,
+    stop_replicas,
+    update_doc,
+)
+
+LATENCY_PROMPT = "The capital of France is"
+CHAT_MESSAGES = [{"role": "user", "content": "Describe the solar system and its planets."}]
+STORY_PROMPT = "Once upon a time, in a small village by the sea, there lived"
+
+TARGET_P50_MS = 1.0
+TARGET_P99_MS = 5.0
+TARGET_RATIO = 0.97
+
+
+@dataclass
+class Target:
+    name: str  # direct | gateway
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Results:
+    latency: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "gateway": []})
+    latency_pairs: list[float] = field(default_factory=list)  # gateway - direct, same pair
+    latency_round_p50: list[float] = field(default_factory=list)  # added p50 per round
+    ttft: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "gateway": []})
+    ttft_pairs: list[float] = field(default_factory=list)
+    ttft_round_p50: list[float] = field(default_factory=list)
+    # concurrency -> target -> tokens/s per round; and gateway/direct per round
+    throughput: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    ratios: dict[int, list[float]] = field(default_factory=dict)
+    gateway_cpu_ms: float = 0.0  # gateway process CPU per 1-token request
+
+
+def ordered(targets: Sequence[Target], flip: bool) -> list[Target]:
+    return list(reversed(targets)) if flip else list(targets)
+
+
+async def completion_latency(client: httpx.AsyncClient, target: Target, body: bytes) -> float:
+    started = time.perf_counter()
+    response = await client.post(target.url + "/v1/completions", content=body, headers=target.headers)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise RuntimeError(f"{target.name}: HTTP {response.status_code} {response.text[:300]}")
+    return elapsed
+
+
+async def stream_ttft(client: httpx.AsyncClient, target: Target, body: bytes) -> float:
+    """Seconds until the first content token arrives; the rest of the stream is read too."""
+    started = time.perf_counter()
+    first = 0.0
+    url = target.url + "/v1/chat/completions"
+    async with client.stream("POST", url, content=body, headers=target.headers) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{target.name}: HTTP {response.status_code} {await response.aread()!r}")
+        async for line in response.aiter_lines():
+            if first or not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if (choices[0].get("delta") or {}).get("content"):
+                first = time.perf_counter() - started
+    if not first:
+        raise RuntimeError(f"{target.name}: the stream carried no content")
+    return first
+
+
+async def closed_loop(
+    client: httpx.AsyncClient, target: Target, body: bytes, requests: int, concurrency: int
+) -> tuple[float, int]:
+    """Run `requests` completions with `concurrency` workers; (seconds, completion tokens)."""
+    remaining = requests
+    tokens = 0
+
+    async def worker() -> None:
+        nonlocal remaining, tokens
+        while remaining > 0:
+            remaining -= 1
+            response = await client.post(
+                target.url + "/v1/completions", content=body, headers=target.headers
+            )
+            if response.status_code != 200:
+                raise RuntimeError(f"{target.name}: HTTP {response.status_code} {response.text[:300]}")
+            tokens += int(response.json()["usage"]["completion_tokens"])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, tokens
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+async def measure(args: argparse.Namespace, results: Results) -> dict[str, str]:
+    home = bench_home(args.home)
+    model = resolve_model(home)
+    stops = list(model.prompt_format.stop)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(trust_env=False, timeout=300.0, limits=limits) as client:
+        replicas = await start_replicas(home, model, [args.threads], slots=args.slots,
+                                        context_per_slot=512, client=client)  # fmt: skip
+        gateway = None
+        try:
+            gateway = await start_gateway(replicas, balancer="expected_finish_time", stops=stops,
+                                          log_dir=home / "logs", client=client,
+                                          profile=args.profile)  # fmt: skip
+            auth = {"authorization": f"Bearer {gateway.key}", "content-type": "application/json"}
+            targets = [Target("direct", replicas[0].url, auth), Target("gateway", gateway.url, auth)]
+            await run_all(args, client, targets, stops, results, gateway.process.pid)
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            await stop_replicas(replicas)
+    return {"threads": str(args.threads), "slots": str(args.slots)}
+
+
+async def run_all(
+    args: argparse.Namespace,
+    client: httpx.AsyncClient,
+    targets: list[Target],
+    stops: list[str],
+    results: Results,
+    gateway_pid: int,
+) -> None:
+    rounds = args.rounds
+    scale = args.scale
+    # The same body both ways: the stop strings the gateway would add are already there, so
+    # llama-server does identical work; the gateway still parses and re-serialises it.
+    latency_body = json.dumps({"model": EXPERT, "prompt": LATENCY_PROMPT, "max_tokens": 1,
+                               "temperature": 0, "stop": stops}).encode()  # fmt: skip
+    ttft_body = json.dumps({"model": EXPERT, "messages": CHAT_MESSAGES, "max_tokens": 16,
+                            "temperature": 0, "stream": True, "stop": stops}).encode()  # fmt: skip
+    story_body = json.dumps({"model": EXPERT, "prompt": STORY_PROMPT, "max_tokens": 32,
+                             "temperature": 0, "ignore_eos": True, "stop": stops}).encode()  # fmt: skip
+
+    # Warm up: connections, the prompt cache of every slot, the gateway's code paths.
+    for target in targets:
+        for _ in range(10):
+            await completion_latency(client, target, latency_body)
+        await stream_ttft(client, target, ttft_body)
+        await closed_loop(client, target, story_body, args.slots, args.slots)
+
+    pairs = 100 * scale
+    print(f"1-token latency: {rounds} rounds x {pairs} pairs", file=sys.stderr)
+    cpu_before = cpu_seconds(gateway_pid)
+    for r in range(rounds):
+        per_round: dict[str, list[float]] = {"direct": [], "gateway": []}
+        for i in range(pairs):
+            got = {}
+            for target in ordered(targets, (i + r) % 2 == 1):
+                got[target.name] = await completion_latency(client, target, latency_body)
+            for name, value in got.items():
+                per_round[name].append(value)
+                results.latency[name].append(value)
+            results.latency_pairs.append(got["gateway"] - got["direct"])
+        results.latency_round_p50.append(pct(per_round["gateway"], 50) - pct(per_round["direct"], 50))
+    results.gateway_cpu_ms = (cpu_seconds(gateway_pid) - cpu_before) * 1000 / (rounds * pairs)
+
+    pairs = 25 * scale
+    print(f"streaming TTFT: {rounds} rounds x {pairs} pairs", file=sys.stderr)
+    for r in range(rounds):
+        per_round = {"direct": [], "gateway": []}
+        for i in range(pairs):
+            got = {}
+            for target in ordered(targets, (i + r) % 2 == 1):
+                got[target.name] = await stream_ttft(client, target, ttft_body)
+            for name, value in got.items():
+                per_round[name].append(value)
+                results.ttft[name].append(value)
+            results.ttft_pairs.append(got["gateway"] - got["direct"])
+        results.ttft_round_p50.append(pct(per_round["gateway"], 50) - pct(per_round["direct"], 50))
+
+    for concurrency in args.concurrency:
+        requests = max(2 * concurrency, 6) * scale
+        print(f"throughput c={concurrency}: {rounds} rounds x {requests} requests", file=sys.stderr)
+        per_target: dict[str, list[float]] = {"direct": [], "gateway": []}
+        ratios: list[float] = []
+        for r in range(rounds):
+            rate = {}
+            for target in ordered(targets, r % 2 == 1):
+                seconds, tokens = await closed_loop(client, target, story_body, requests, concurrency)
+                rate[target.name] = tokens / seconds
+                per_target[target.name].append(tokens / seconds)
+            ratios.append(rate["gateway"] / rate["direct"])
+        results.throughput[concurrency] = per_target
+        results.ratios[concurrency] = ratios
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def report(args: argparse.Namespace, results: Results, setup: dict[str, str]) -> str:
+    lat, ttft = results.latency, results.ttft
+    rows = []
+    for label, data, pairs, per_round in (
+        ("1-token completion", lat, results.latency_pairs, results.latency_round_p50),
+        ("streaming TTFT", ttft, results.ttft_pairs, results.ttft_round_p50),
+    ):
+        d50, d99 = pct(data["direct"], 50), pct(data["direct"], 99)
+        g50, g99 = pct(data["gateway"], 50), pct(data["gateway"], 99)
+        rows.append(
+            f"| {label} | {len(data['direct'])} | {ms(d50)} / {ms(d99)} | {ms(g50)} / {ms(g99)} "
+            f"| **{ms(g50 - d50)}** / **{ms(g99 - d99)}** | {ms(median(pairs))} "
+            f"| {spread([x * 1000 for x in per_round])} |"
+        )
+    added50 = pct(lat["gateway"], 50) - pct(lat["direct"], 50)
+    added99 = pct(lat["gateway"], 99) - pct(lat["direct"], 99)
+    tput_rows = []
+    ratio_ok = True
+    for concurrency, per_target in results.throughput.items():
+        ratios = results.ratios[concurrency]
+        ratio = median(ratios)
+        ratio_ok = ratio_ok and ratio >= TARGET_RATIO
+        tput_rows.append(
+            f"| {concurrency} | {median(per_target['direct']):.1f} | {median(per_target['gateway']):.1f} "
+            f"| **{ratio:.3f}** | {spread(ratios)} | {verdict(ratio >= TARGET_RATIO)} |"
+        )
+    lines = [
+        f"Run: `uv run python bench/gateway_overhead.py --write` ({time.strftime('%Y-%m-%d')}; "
+        f"rounds {args.rounds}, scale {args.scale}).",
+        f"Machine: {machine()}.",
+        f"Setup: one llama-server replica of the bundled model (`--threads {setup['threads']}`, "
+        f"`--parallel {setup['slots']}`), the gateway in its own uvicorn process on loopback, "
+        "an `httpx.AsyncClient` load generator; direct and via-gateway requests interleaved, "
+        "alternating which goes first. Request bodies already carry the expert's stop strings, "
+        "so llama-server does the same work both ways.",
+        "",
+        "Latency (ms; p50 / p99 over all rounds; *paired* = median of gateway - direct "
+        "over back-to-back pairs; *per-round* = range of the added p50 across rounds):",
+        "",
+        "| request | n per side | direct p50 / p99 | gateway p50 / p99 | added p50 / p99 "
+        "| paired added | added p50 per round |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Gateway CPU time per 1-token request: **{results.gateway_cpu_ms:.2f} ms** "
+        "(user + system of the gateway process over the latency phase).",
+        "",
+        "Throughput (completion tokens/s, `/v1/completions`, 32 tokens each, `ignore_eos`; "
+        "median of rounds; ratio = gateway / direct, per round):",
+        "",
+        "| concurrency | direct tok/s | gateway tok/s | ratio | ratio per round | target >= 0.97 |",
+        "|---|---|---|---|---|---|",
+        *tput_rows,
+        "",
+        f"Targets: added p50 <= {TARGET_P50_MS:g} ms: {verdict(added50 * 1000 <= TARGET_P50_MS)}; "
+        f"added p99 <= {TARGET_P99_MS:g} ms: {verdict(added99 * 1000 <= TARGET_P99_MS)}; "
+        f"throughput ratio >= {TARGET_RATIO}: {verdict(ratio_ok)}.",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", help="cache for the model and logs [~/.cache/corral-bench]")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="llama-server --threads [all CPUs, as `corral up` gives one replica]")  # fmt: skip
+    parser.add_argument("--slots", type=int, default=16, help="llama-server --parallel [16]")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each measurement [3]")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="multiply request counts (1: 100 latency and 25 TTFT pairs per round) [1]")  # fmt: skip
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1, 4, 16], help="throughput concurrencies [1,4,16]")  # fmt: skip
+    parser.add_argument("--profile", help="run the gateway under pyinstrument, write its report here")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    install_signal_handlers()
+    if max(args.concurrency) > args.slots:
+        print(f"note: concurrency {max(args.concurrency)} > {args.slots} slots queues in llama-server",
+              file=sys.stderr)  # fmt: skip
+    results = Results()
+    started = time.monotonic()
+    setup = asyncio.run(measure(args, results))
+    text = report(args, results, setup)
+    print(text)
+    print(f"\n(total {time.monotonic() - started:.0f} s)", file=sys.stderr)
+    if args.write:
+        update_doc("Gateway overhead", text)
+        print("updated docs/benchmarks.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
