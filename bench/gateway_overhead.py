@@ -172,6 +172,11 @@ async def run_all(
 ) -> None:
     rounds = args.rounds
     scale = args.scale
+    clock = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - clock:5.0f} s] {message}", file=sys.stderr, flush=True)
+
     # The same body both ways: the stop strings the gateway would add are already there, so
     # llama-server does identical work; the gateway still parses and re-serialises it.
     latency_body = json.dumps({"model": EXPERT, "prompt": LATENCY_PROMPT, "max_tokens": 1,
@@ -181,6 +186,7 @@ async def run_all(
     story_body = json.dumps({"model": EXPERT, "prompt": STORY_PROMPT, "max_tokens": 32,
                              "temperature": 0, "ignore_eos": True, "stop": stops}).encode()  # fmt: skip
 
+    log("warm-up")
     # Warm up: connections, the prompt cache of every slot, the gateway's code paths.
     for target in targets:
         for _ in range(10):
@@ -189,7 +195,7 @@ async def run_all(
         await closed_loop(client, target, story_body, args.slots, args.slots)
 
     pairs = 100 * scale
-    print(f"1-token latency: {rounds} rounds x {pairs} pairs", file=sys.stderr)
+    log(f"1-token latency: {rounds} rounds x {pairs} pairs")
     cpu_before = cpu_seconds(gateway_pid)
     for r in range(rounds):
         per_round: dict[str, list[float]] = {"direct": [], "gateway": []}
@@ -205,7 +211,7 @@ async def run_all(
     results.gateway_cpu_ms = (cpu_seconds(gateway_pid) - cpu_before) * 1000 / (rounds * pairs)
 
     pairs = 25 * scale
-    print(f"streaming TTFT: {rounds} rounds x {pairs} pairs", file=sys.stderr)
+    log(f"streaming TTFT: {rounds} rounds x {pairs} pairs")
     for r in range(rounds):
         per_round = {"direct": [], "gateway": []}
         for i in range(pairs):
@@ -220,7 +226,7 @@ async def run_all(
 
     for concurrency in args.concurrency:
         requests = max(2 * concurrency, 6) * scale
-        print(f"throughput c={concurrency}: {rounds} rounds x {requests} requests", file=sys.stderr)
+        log(f"throughput c={concurrency}: {rounds} rounds x {requests} requests")
         per_target: dict[str, list[float]] = {"direct": [], "gateway": []}
         ratios: list[float] = []
         for r in range(rounds):
@@ -232,6 +238,7 @@ async def run_all(
             ratios.append(rate["gateway"] / rate["direct"])
         results.throughput[concurrency] = per_target
         results.ratios[concurrency] = ratios
+    log("done")
 
 
 def verdict(ok: bool) -> str:

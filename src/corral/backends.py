@@ -81,7 +81,8 @@ class BackendResponse(Protocol):
 class Backend(Protocol):
     name: str  # unique, e.g. "general/0"
     expert: str
-    model_id: str
+    model_id: str  # what it serves, for status and metrics
+    upstream_model: str | None  # the `model` to send upstream; None keeps the client's
     state: BackendState
 
     async def open(self, path: str, body: bytes) -> BackendResponse:
@@ -104,10 +105,12 @@ class HttpBackend:
         client: httpx.AsyncClient,
         state: BackendState | None = None,
         api_key: str | None = None,
+        upstream_model: str | None = None,
     ) -> None:
         self.name = name
         self.expert = expert
         self.model_id = model_id
+        self.upstream_model = upstream_model
         self.base_url = base_url.rstrip("/")
         self.state = state if state is not None else BackendState()
         self._client = client

@@ -206,6 +206,8 @@ async def test_streaming_relays_events_and_counts(tmp_path: Path, backends: tupl
     )
     assert "corral_time_to_first_token_seconds_count" in metrics
     assert backends[0].state.in_flight == 0
+    assert harness.gateway.router.admitted["general"] == 0
+    assert 'corral_queue_depth{expert="general"} 0.0' in metrics
 
 
 async def test_embeddings_and_models(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
@@ -270,3 +272,34 @@ async def test_key_management_needs_admin_scope(tmp_path: Path, backends: tuple[
         headers={"authorization": f"Bearer {new_key}"},
     ) as revoked:
         assert (await revoked.get("/v1/models")).status_code == 401
+
+
+async def test_relay_releases_even_if_the_client_left_before_the_first_byte(tmp_path: Path) -> None:
+    from corral.gateway.proxy import CHAT, Lease, Relay, RelayResponse
+
+    backend = FakeBackend("general/0", "general")
+    harness = Harness(tmp_path, backend, FakeBackend("fallback/0", "fallback"))
+    router, metrics = harness.gateway.router, harness.gateway.metrics
+    from corral.gateway.proxy import Proxy
+
+    proxy = Proxy(router, metrics, lambda e: ())
+    lease = Lease(
+        router.admit("general", router.candidates("general", 1)), metrics.queue_depth.labels("general")
+    )
+    lease.take(backend, 10)
+    upstream = await backend.open("/v1/chat/completions", json.dumps(chat(stream=True)).encode())
+    response = RelayResponse(Relay(proxy, upstream, CHAT, backend, "general", 0.0, lease), {})
+
+    async def receive() -> dict[str, str]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: object) -> None:
+        raise OSError("client went away")
+
+    from starlette.requests import ClientDisconnect
+
+    with pytest.raises((OSError, ClientDisconnect)):
+        await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    assert backend.state.in_flight == 0 and backend.state.queued_tokens == 0
+    assert router.admitted["general"] == 0
+    assert backend.responses[0].closed

@@ -24,7 +24,7 @@ from corral.backends import Backend, BackendResponse
 from corral.errors import BadRequestError, ContextOverflowError, CorralError, NoBackendError
 from corral.gateway.errors import error_response
 from corral.gateway.metrics import GatewayMetrics
-from corral.gateway.router import Candidate, Router
+from corral.gateway.router import Admission, Candidate, Router
 
 DEFAULT_MAX_TOKENS = 256  # expected completion length when the client does not say
 PROMPT_TOKEN_WEIGHT = 0.1  # prefill costs about a tenth of a decoded token per token on CPU
@@ -142,24 +142,29 @@ class Proxy:
         cost = estimate_cost(body, len(raw))
         candidates = self.router.candidates(choice.expert, cost)
         stream = bool(body.get("stream")) and endpoint is not EMBEDDINGS
-        with self.router.admit(choice.expert, candidates):
-            depth = self.metrics.queue_depth.labels(choice.expert)
-            depth.inc()
-            try:
-                return await self._dispatch(
-                    request, endpoint, body, raw, candidates, choice.expert, choice.reason,
-                    cost, stream, started,
-                )  # fmt: skip
-            finally:
-                depth.dec()
+        lease = Lease(
+            self.router.admit(choice.expert, candidates), self.metrics.queue_depth.labels(choice.expert)
+        )
+        try:
+            response = await self._dispatch(
+                request, endpoint, body, raw, candidates, choice.expert, choice.reason,
+                int(cost), stream, started, lease,
+            )  # fmt: skip
+        except BaseException:
+            lease.release()
+            raise
+        if not isinstance(response, RelayResponse):
+            lease.release()  # a relay releases when its stream ends, however it ends
+        return response
 
     def _payload(self, body: dict[str, Any], raw: bytes, backend: Backend, expert: str) -> bytes:
         stops = self._stops(expert)
-        model_changes = body.get("model") != backend.model_id
-        if not stops and not model_changes:
+        model = backend.upstream_model
+        if not stops and model is None:
             return raw
         out = dict(body)
-        out["model"] = backend.model_id
+        if model is not None:
+            out["model"] = model
         if stops:
             given = out.get("stop")
             given_list = [given] if isinstance(given, str) else list(given or [])
@@ -175,9 +180,10 @@ class Proxy:
         candidates: list[Candidate],
         requested: str,
         reason: str,
-        cost: float,
+        cost: int,
         stream: bool,
         started: float,
+        lease: Lease,
     ) -> Response:
         last_error = ""
         for candidate in candidates:
@@ -185,24 +191,13 @@ class Proxy:
             state = backend.state
             if not state.healthy:  # it may have failed for an earlier attempt of this request
                 continue
-            state.in_flight += 1
-            state.queued_tokens += int(cost)
-            released = False
-
-            def release(b: Backend = backend) -> None:
-                nonlocal released
-                if not released:
-                    released = True
-                    b.state.in_flight -= 1
-                    b.state.queued_tokens -= int(cost)
-
+            lease.take(backend, cost)
             try:
                 upstream = await self._open(request, backend, endpoint, body, raw, expert)
             except ClientGone:
-                release()
                 return Response(status_code=499)
             except httpx.TransportError as exc:
-                release()
+                lease.drop_backend()
                 state.failures += 1
                 state.set_status("unhealthy", error=f"{type(exc).__name__}: {exc}")
                 last_error = f"{backend.name}: {type(exc).__name__}"
@@ -211,7 +206,7 @@ class Proxy:
             if upstream.status_code >= 500:
                 detail = (await upstream.aread())[:300].decode("utf-8", "replace")
                 await upstream.aclose()
-                release()
+                lease.drop_backend()
                 state.failures += 1
                 last_error = f"{backend.name}: HTTP {upstream.status_code} {detail}"
                 self.metrics.retries.labels(requested, "5xx").inc()
@@ -224,31 +219,25 @@ class Proxy:
             if expert != requested:
                 self.metrics.fallbacks.labels(requested, expert).inc()
             if upstream.status_code >= 400:
-                release()
                 return await self._client_error(upstream, endpoint, expert, backend, headers)
             if stream:
-                return StreamingResponse(
-                    self._relay(upstream, endpoint, backend, expert, started, release),
-                    media_type="text/event-stream",
-                    headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
-                )
+                relay = Relay(self, upstream, endpoint, backend, expert, started, lease)
+                return RelayResponse(relay, headers)
             try:
                 content = await _unless_disconnected(request, upstream.aread())
             except ClientGone:
                 await upstream.aclose()
-                release()
                 return Response(status_code=499)
             except httpx.TransportError as exc:  # the replica died while answering
                 await upstream.aclose()
-                release()
+                lease.drop_backend()
                 state.set_status("unhealthy", error=str(exc))
                 last_error = f"{backend.name}: {type(exc).__name__} while reading"
                 self.metrics.retries.labels(requested, "read").inc()
                 continue
-            release()
             await upstream.aclose()
-            self._observe(content, backend, expert)
-            self._count(endpoint, expert, backend, 200, started)
+            self.observe(content, backend, expert)
+            self.count(endpoint, expert, backend, 200, started)
             return Response(content, status_code=200, media_type="application/json", headers=headers)
         self.metrics.requests.labels(endpoint.name, requested, "", "503").inc()
         raise NoBackendError(
@@ -299,44 +288,7 @@ class Proxy:
             return response
         return Response(content, status_code=status, media_type="application/json", headers=headers)
 
-    async def _relay(
-        self,
-        upstream: BackendResponse,
-        endpoint: Endpoint,
-        backend: Backend,
-        expert: str,
-        started: float,
-        release: Callable[[], None],
-    ) -> AsyncIterator[bytes]:
-        first_at = 0.0
-        events = 0
-        timings: bytes | None = None
-        status = "200"
-        try:
-            async for chunk in upstream.aiter_raw():
-                if not first_at:
-                    first_at = time.perf_counter()
-                    self.metrics.ttft.labels(expert).observe(first_at - started)
-                events += chunk.count(b"data: ")
-                if b'"timings"' in chunk:
-                    timings = chunk
-                yield chunk
-        except httpx.TransportError:
-            status = "502"  # the replica died mid-stream: the client sees the stream end early
-            backend.state.set_status("unhealthy", error="stream broken")
-        except asyncio.CancelledError:
-            status = "499"
-            raise
-        finally:
-            release()
-            self._count(endpoint, expert, backend, int(status), started)
-            if timings is not None:
-                self._observe_stream(timings, backend, expert)
-            elif first_at and events > 1:
-                backend.state.observe_speed(events - 1, time.perf_counter() - first_at)
-            await upstream.aclose()
-
-    def _observe(self, content: bytes, backend: Backend, expert: str) -> None:
+    def observe(self, content: bytes, backend: Backend, expert: str) -> None:
         if b'"timings"' not in content and b'"usage"' not in content:
             return
         try:
@@ -345,7 +297,7 @@ class Proxy:
             return
         self._record_timings(data, backend, expert)
 
-    def _observe_stream(self, chunk: bytes, backend: Backend, expert: str) -> None:
+    def observe_stream(self, chunk: bytes, backend: Backend, expert: str) -> None:
         for line in chunk.split(b"\n"):
             if line.startswith(b"data: ") and b'"timings"' in line:
                 with contextlib.suppress(ValueError):
@@ -360,10 +312,111 @@ class Proxy:
             self.metrics.generated_tokens.labels(expert).inc(tokens)
             self.metrics.tokens_per_second.labels(expert, backend.name).set(backend.state.tokens_per_second)
 
-    def _count(self, endpoint: Endpoint, expert: str, backend: Backend, status: int, started: float) -> None:
+    def count(self, endpoint: Endpoint, expert: str, backend: Backend, status: int, started: float) -> None:
         backend.state.served += 1
         self.metrics.requests.labels(endpoint.name, expert, backend.name, str(status)).inc()
         self.metrics.latency.labels(endpoint.name, expert).observe(time.perf_counter() - started)
+
+
+class Lease:
+    """What one admitted request holds: its place in the expert's queue and, while dispatched,
+    its share of a replica's load. Every path out of the gateway releases it exactly once."""
+
+    def __init__(self, admission: Admission, depth: Any) -> None:
+        self._admission = admission
+        self._depth = depth
+        self._backend: Backend | None = None
+        self._cost = 0
+        self._released = False
+        depth.inc()
+
+    def take(self, backend: Backend, cost: int) -> None:
+        self.drop_backend()
+        self._backend, self._cost = backend, cost
+        backend.state.in_flight += 1
+        backend.state.queued_tokens += cost
+
+    def drop_backend(self) -> None:
+        if self._backend is not None:
+            self._backend.state.in_flight -= 1
+            self._backend.state.queued_tokens -= self._cost
+            self._backend = None
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.drop_backend()
+        self._admission.release()
+        self._depth.dec()
+
+
+class Relay:
+    """Streams one backend's SSE answer to the client and accounts for it when it ends."""
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        upstream: BackendResponse,
+        endpoint: Endpoint,
+        backend: Backend,
+        expert: str,
+        started: float,
+        lease: Lease,
+    ) -> None:
+        self.proxy, self.upstream, self.endpoint = proxy, upstream, endpoint
+        self.backend, self.expert, self.started, self.lease = backend, expert, started, lease
+        self.status = 499  # until the stream completes, a close means the client left
+        self._closed = False
+
+    async def events(self) -> AsyncIterator[bytes]:
+        metrics = self.proxy.metrics
+        first_at = 0.0
+        events = 0
+        timings: bytes | None = None
+        try:
+            async for chunk in self.upstream.aiter_raw():
+                if not first_at:
+                    first_at = time.perf_counter()
+                    metrics.ttft.labels(self.expert).observe(first_at - self.started)
+                events += chunk.count(b"data: ")
+                if b'"timings"' in chunk:
+                    timings = chunk
+                yield chunk
+            self.status = 200
+        except httpx.TransportError:
+            self.status = 502  # the replica died mid-stream: the client sees the stream end early
+            self.backend.state.set_status("unhealthy", error="stream broken")
+        if timings is not None:
+            self.proxy.observe_stream(timings, self.backend, self.expert)
+        elif first_at and events > 1:
+            self.backend.state.observe_speed(events - 1, time.perf_counter() - first_at)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.lease.release()
+        self.proxy.count(self.endpoint, self.expert, self.backend, self.status, self.started)
+        await self.upstream.aclose()  # closing the connection makes llama-server stop generating
+
+
+class RelayResponse(StreamingResponse):
+    """A StreamingResponse that always closes its relay, even if the client left before the start."""
+
+    def __init__(self, relay: Relay, headers: dict[str, str]) -> None:
+        super().__init__(
+            relay.events(),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+        self.relay = relay
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await asyncio.shield(self.relay.close())
 
 
 async def _unless_disconnected(request: Request, awaitable: Any) -> Any:

@@ -12,8 +12,7 @@ Admission control bounds the requests each expert holds; beyond it callers get 4
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from corral.backends import Backend
@@ -136,9 +135,8 @@ class Router:
             out.extend(Candidate(b, name) for b in self.balancer(healthy, cost))
         return out
 
-    @contextmanager
-    def admit(self, expert: str, candidates: Sequence[Candidate]) -> Iterator[None]:
-        """Hold a place in the expert's bounded queue, or raise 429/503 saying when to retry."""
+    def admit(self, expert: str, candidates: Sequence[Candidate]) -> Admission:
+        """Take a place in the expert's bounded queue, or raise 429/503 saying when to retry."""
         if not candidates:
             states = ", ".join(
                 f"{b.name}: {b.state.status}"
@@ -160,7 +158,24 @@ class Router:
                 retry_after_s=max(1.0, drain),
             )
         self.admitted[expert] += 1
-        try:
-            yield
-        finally:
-            self.admitted[expert] -= 1
+        return Admission(self.admitted, expert)
+
+
+class Admission:
+    """A place in an expert's queue; `release` (or leaving a `with` block) gives it back once."""
+
+    def __init__(self, counts: dict[str, int], expert: str) -> None:
+        self._counts = counts
+        self._expert = expert
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._counts[self._expert] -= 1
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -56,10 +56,12 @@ class FakeBackend:
         status_code: int = 200,
         error_body: dict[str, object] | None = None,
         model_id: str = "fake-model",
+        upstream_model: str | None = None,
     ) -> None:
         self.name = name
         self.expert = expert
         self.model_id = model_id
+        self.upstream_model = upstream_model
         self.reply = reply
         self.tokens_per_second = tokens_per_second
         self.fail_connect = fail_connect
