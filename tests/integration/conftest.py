@@ -98,11 +98,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def corral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCorral]:
-    home = tmp_path_factory.mktemp("corral-home")
+def start_corral(home: Path, config_text: str) -> RunningCorral:
+    """Run `corral up` as a user would (its own process group) and wait until /ready."""
     config = home / "corral.yaml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     env = {**os.environ, "CORRAL_HOME": str(home)}
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(proxy, None)
@@ -125,24 +124,35 @@ def corral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCorral]:
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
+    running = RunningCorral(url, key, home, process, log)
     deadline = time.monotonic() + 300
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"corral up exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(url + "/ready", timeout=2, trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"corral up not ready after 300 s:\n{log.read_text()}")
-            time.sleep(0.5)
-        yield RunningCorral(url, key, home, process, log)
-    finally:
-        process.send_signal(signal.SIGINT)
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"corral up exited with {process.returncode}:\n{log.read_text()}")
         try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            if httpx.get(url + "/ready", timeout=2, trust_env=False).status_code == 200:
+                return running
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop_corral(running)
+            raise RuntimeError(f"corral up not ready after 300 s:\n{log.read_text()}")
+        time.sleep(0.5)
+
+
+def stop_corral(running: RunningCorral) -> None:
+    running.process.send_signal(signal.SIGINT)
+    try:
+        running.process.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(running.process.pid, signal.SIGKILL)
+        running.process.wait()
+
+
+@pytest.fixture(scope="session")
+def corral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCorral]:
+    running = start_corral(tmp_path_factory.mktemp("corral-home"), CONFIG)
+    try:
+        yield running
+    finally:
+        stop_corral(running)
