@@ -124,5 +124,8 @@ class HttpBackend:
         )
         return await self._client.send(request, stream=True)
 
+    async def get(self, path: str) -> httpx.Response:
+        return await self._client.get(self.base_url + path, headers=self._headers, timeout=5.0)
+
     def __repr__(self) -> str:
         return f"HttpBackend({self.name!r}, {self.base_url!r})"

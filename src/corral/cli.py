@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,8 +17,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from corral.config import CorralConfig, default_config, load_config
-from corral.errors import CorralError
+from corral.errors import ConfigError, CorralError
 from corral.gateway.auth import KeyStore
+from corral.gateway.router import BALANCERS
 from corral.hardware import NodeProfile, detect_profile
 from corral.paths import CorralPaths, default_home
 
@@ -33,11 +35,11 @@ err_console = Console(stderr=True)
 
 HomeOpt = Annotated[
     Path | None,
-    typer.Option("--home", help="data directory [default: $CORRAL_HOME or ~/.local/share/corral]"),
+    typer.Option("--home", help="data directory (default: $CORRAL_HOME or ~/.local/share/corral)"),
 ]
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="corral.yaml [default: HOME/corral.yaml, else the embedded default]"),
+    typer.Option("--config", "-c", help="corral.yaml (default: HOME/corral.yaml, else the embedded default)"),
 ]
 
 
@@ -74,8 +76,8 @@ def _assembly_progress() -> tuple[Progress, Any]:
 def up(
     home: HomeOpt = None,
     config: ConfigOpt = None,
-    host: Annotated[str | None, typer.Option(help="listen address [default: server.host]")] = None,
-    port: Annotated[int | None, typer.Option(help="listen port [default: server.port]")] = None,
+    host: Annotated[str | None, typer.Option(help="listen address (default: server.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port (default: server.port)")] = None,
     balancer: Annotated[
         str, typer.Option(help="replica choice: expected_finish_time, least_busy, round_robin")
     ] = "expected_finish_time",
@@ -90,12 +92,17 @@ def up(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll is noise
     try:
+        if balancer not in BALANCERS:
+            raise ConfigError(f"--balancer must be one of {', '.join(BALANCERS)}, not {balancer!r}")
         paths = _paths(home)
         cfg = _config(paths, config)
+        bind_host = host or cfg.server.host
+        bind_port = port or cfg.server.port
+        _check_port_free(bind_host, bind_port)  # fail now, not after every replica has loaded
         profile = detect_profile(paths.home)
         progress, update = _assembly_progress()
         with progress:
-            runtime = Runtime(cfg, paths, profile, balancer=balancer, progress=update)
+            runtime = Runtime(cfg, paths, profile, balancer=balancer, progress=update, env=os.environ)
             client = http_client(cfg)
             gateway, engine = runtime.build(client)
         keys = KeyStore(paths.keys_file)
@@ -107,8 +114,6 @@ def up(
     except CorralError as err:
         _fail(err)
         return
-    bind_host = host or cfg.server.host
-    bind_port = port or cfg.server.port
     console.print(_plan_table(runtime, profile))
     console.print(
         f"Starting {len(engine.replicas)} llama-server replica(s); the API will be at "
@@ -124,6 +129,19 @@ def up(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); stop what uses it or pass "
+                "--port (or set server.port in corral.yaml)"
+            ) from None
 
 
 def _plan_table(runtime: Any, profile: NodeProfile) -> Table:
@@ -144,7 +162,8 @@ def _plan_table(runtime: Any, profile: NodeProfile) -> Table:
 def status(
     url: Annotated[str, typer.Option(help="gateway URL")] = "http://127.0.0.1:8400",
     key: Annotated[
-        str | None, typer.Option(envvar="CORRAL_API_KEY", help="API key [env: CORRAL_API_KEY]")
+        str | None,
+        typer.Option(envvar="CORRAL_API_KEY", help="API key (env: CORRAL_API_KEY or OPENAI_API_KEY)"),
     ] = None,
 ) -> None:
     """Show experts, replicas, health, load and tokens/s of a running corral."""

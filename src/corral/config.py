@@ -35,7 +35,12 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8400, ge=1, le=65535)
-    max_queue: int = Field(32, ge=0, description="requests allowed to wait per expert beyond its free slots")
+    max_queue: int = Field(
+        32,
+        ge=0,
+        description="requests an expert may hold beyond the slots of its healthy replicas "
+        "(fallbacks included) before answering 429",
+    )
     request_timeout_s: float = Field(600.0, gt=0)
     connect_timeout_s: float = Field(2.0, gt=0)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
@@ -55,6 +60,11 @@ class ExpertConfig(_Strict):
     always_loaded: bool = False
     url: str | None = Field(
         None, description="an OpenAI-compatible base URL to use instead of a local replica"
+    )
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the environment variable holding the remote URL's API key",
     )
     extra_args: list[str] = []
 
@@ -169,14 +179,14 @@ def default_config() -> CorralConfig:
 _MIGRATIONS: dict[int, Any] = {}  # version -> function(dict) -> dict at version+1
 
 
-def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+def migrate(raw: dict[str, Any], source: str = "corral.yaml") -> dict[str, Any]:
     """Bring an older file's dict up to CONFIG_VERSION, one step at a time."""
     version = raw.get("version", CONFIG_VERSION)
     if not isinstance(version, int) or version < 1:
         raise ConfigError("`version` must be a positive integer; this corral writes version 1")
     if version > CONFIG_VERSION:
         raise ConfigError(
-            f"corral.yaml is version {version}, newer than this corral understands "
+            f"{source} is version {version}, newer than this corral understands "
             f"({CONFIG_VERSION}); upgrade corral or write a version {CONFIG_VERSION} file"
         )
     while version < CONFIG_VERSION:
@@ -191,7 +201,12 @@ def load_config(path: Path) -> CorralConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist; create it or run without --config") from None
-    return parse_config(text, source=str(path))
+    config = parse_config(text, source=str(path))
+    for expert in config.experts:
+        model = Path(expert.model).expanduser()
+        if (model.suffix == ".gguf" or "/" in expert.model) and not model.is_absolute():
+            expert.model = str((path.parent / model).resolve())
+    return config
 
 
 def parse_config(text: str, *, source: str = "corral.yaml") -> CorralConfig:
@@ -207,7 +222,7 @@ def parse_config(text: str, *, source: str = "corral.yaml") -> CorralConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}:1: the file must be a mapping with `experts:` at the top")
-    raw = migrate(raw)
+    raw = migrate(raw, source)
     raw.setdefault("experts", [e.model_dump() for e in default_config().experts])
     try:
         config = CorralConfig.model_validate(raw, context={"defer_cross_check": True})

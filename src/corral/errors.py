@@ -3,13 +3,14 @@
     CorralError                    base: every error carries a message that names the fix
     ├── BadRequestError            the caller sent something wrong: fix the request (HTTP 400)
     │   ├── ContextOverflowError   the prompt does not fit the model's context (HTTP 400)
-    │   └── UnknownModelError      no expert, alias or model by that name (HTTP 404)
+    │   ├── TooLargeError          the request body is over the size limit (HTTP 413)
+    │   └── NotFoundError          no such thing: check the name (HTTP 404)
+    │       └── UnknownModelError  no expert, alias or model by that name
     ├── AuthError                  missing or invalid key: re-authenticate (HTTP 401)
     │   └── ForbiddenError         valid key without the scope it needs (HTTP 403)
     ├── RetryLaterError            overloaded or warming up: retry after a delay (HTTP 429 / 503)
     │   ├── QueueFullError         the bounded queue is full (HTTP 429 + Retry-After)
     │   └── NoBackendError         no healthy replica or fallback right now (HTTP 503)
-    ├── UpstreamError              a backend failed after the answer started (HTTP 502)
     └── ConfigError                corral.yaml or a CLI argument is wrong (CLI exit 2)
         └── ModelFileError         a GGUF path is missing, unreadable or not GGUF
 
@@ -42,8 +43,17 @@ class ContextOverflowError(BadRequestError):
     code = "context_length_exceeded"
 
 
-class UnknownModelError(BadRequestError):
+class TooLargeError(BadRequestError):
+    status_code = 413
+    code = "request_too_large"
+
+
+class NotFoundError(BadRequestError):
     status_code = 404
+    code = "not_found"
+
+
+class UnknownModelError(NotFoundError):
     code = "model_not_found"
 
 
@@ -76,12 +86,6 @@ class QueueFullError(RetryLaterError):
 
 class NoBackendError(RetryLaterError):
     code = "no_backend"
-
-
-class UpstreamError(CorralError):
-    status_code = 502
-    error_type = "server_error"
-    code = "upstream_error"
 
 
 class ConfigError(CorralError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +34,7 @@ class Runtime:
     paths: CorralPaths
     profile: NodeProfile
     balancer: str = "expected_finish_time"
+    env: Mapping[str, str] = field(default_factory=dict)  # where api_key_env names are looked up
     progress: Progress | None = None
     models: dict[str, ModelEntry] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
@@ -70,7 +71,9 @@ class Runtime:
 
     def stops(self, expert: str) -> tuple[str, ...]:
         entry = self.models.get(expert)
-        return entry.prompt_format.stop if entry is not None else ()
+        if entry is None or self.config.expert(expert).kind != "chat":
+            return ()
+        return entry.prompt_format.stop
 
     def replica_details(self, name: str) -> dict[str, Any]:
         replica = self.replicas.get(name)
@@ -99,7 +102,9 @@ class Runtime:
             )
         for expert in self.config.experts:
             if expert.url is not None:
-                registry.add(_remote_backend(expert, client))
+                remote = _remote_backend(expert, client, self.env)
+                registry.add(remote)
+                engine.watch_remote(remote)
         server = self.config.server
         router = Router(
             self.config.experts, registry, max_queue=server.max_queue,
@@ -116,13 +121,23 @@ class Runtime:
         return gateway, engine
 
 
-def _remote_backend(expert: ExpertConfig, client: httpx.AsyncClient) -> HttpBackend:
+def _remote_backend(expert: ExpertConfig, client: httpx.AsyncClient, env: Mapping[str, str]) -> HttpBackend:
+    """An OpenAI-compatible URL; `url` may end in /v1 or not, with or without a slash."""
     state = BackendState(slots=expert.slots)
     state.set_status("remote")
-    base = expert.url or ""
+    base = (expert.url or "").rstrip("/").removesuffix("/v1")
+    api_key = None
+    if expert.api_key_env:
+        api_key = env.get(expert.api_key_env)
+        if not api_key:
+            raise ConfigError(
+                f"expert {expert.name!r} reads its API key from ${expert.api_key_env}, which is "
+                "not set; export it before `corral up`"
+            )
     return HttpBackend(
-        f"{expert.name}/remote", expert.name, expert.model, base.removesuffix("/v1"), client, state
-    )
+        f"{expert.name}/remote", expert.name, expert.model, base, client, state,
+        api_key=api_key, upstream_model=expert.model,
+    )  # fmt: skip
 
 
 @asynccontextmanager

@@ -65,3 +65,21 @@ def test_status_without_a_server_says_how_to_start() -> None:
     result = runner.invoke(app, ["status", "--url", "http://127.0.0.1:9", "--key", "x"])
     assert result.exit_code == 1
     assert "corral up" in result.output
+
+
+def test_up_with_unknown_balancer() -> None:
+    result = runner.invoke(app, ["up", "--balancer", "fastest"])
+    assert result.exit_code == 2
+    assert "expected_finish_time" in result.output
+
+
+def test_up_on_a_busy_port_fails_before_loading_models() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["up", "--port", str(port)])
+    assert result.exit_code == 2
+    assert f"127.0.0.1:{port}" in result.output and "--port" in result.output

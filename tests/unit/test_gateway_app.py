@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,9 @@ EXPERTS = [
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, *backends: FakeBackend, max_queue: int = 4) -> None:
+    def __init__(
+        self, tmp_path: Path, *backends: FakeBackend, max_queue: int = 4, max_body_bytes: int = 8 << 20
+    ) -> None:
         registry = LocalRegistry()
         for backend in backends:
             registry.add(backend)
@@ -34,6 +37,7 @@ class Harness:
             keys=self.keys,
             stops=lambda expert: ("\nUser:",) if expert == "general" else (),
             required_experts=("fallback",),
+            max_body_bytes=max_body_bytes,
         )
         self.app = create_app(self.gateway)
 
@@ -235,15 +239,26 @@ async def test_queue_full_is_429(tmp_path: Path) -> None:
     limited = next(r for r in results if r.status_code == 429)
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert harness.gateway.metrics.rejected.labels("general")._value.get() == 2
 
 
-async def test_oversize_body_is_413(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:
-    harness = Harness(tmp_path, *backends)
-    harness.gateway.max_body_bytes = 100
+async def test_oversize_body_is_413_declared_or_chunked(
+    tmp_path: Path, backends: tuple[FakeBackend, ...]
+) -> None:
+    harness = Harness(tmp_path, *backends, max_body_bytes=100)
+    payload = json.dumps(chat(extra="x" * 500)).encode()
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for i in range(0, len(payload), 64):
+            yield payload[i : i + 64]
+
     async with harness.client() as client:
-        response = await client.post("/v1/chat/completions", json=chat(extra="x" * 500))
-    assert response.status_code == 413
-    assert "max_body_bytes" in response.json()["error"]["message"]
+        declared = await client.post("/v1/chat/completions", content=payload)
+        streamed = await client.post("/v1/chat/completions", content=chunked())
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert "max_body_bytes" in response.json()["error"]["message"]
+    assert not backends[0].requests
 
 
 async def test_key_management_needs_admin_scope(tmp_path: Path, backends: tuple[FakeBackend, ...]) -> None:

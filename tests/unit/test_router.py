@@ -116,3 +116,10 @@ def test_chain_is_depth_first_without_repeats() -> None:
     ]
     router = Router(experts, LocalRegistry())
     assert router.chain("a") == ["a", "b", "c"]
+
+
+def test_auto_does_not_pick_an_expert_that_is_only_a_fallback() -> None:
+    router = make_router()
+    # "tiny" is in the fallback's description, but fallback serves others' failures, not `auto`.
+    assert router.resolve("auto", "chat", lambda: "a tiny model question").expert != "fallback"
+    assert {e.name for e in router.auto_pool("chat")} == {"general", "coder"}

@@ -1,4 +1,8 @@
-"""The Engine: owns every llama-server replica on this machine, keeps them healthy, restarts them."""
+"""The Engine: owns every llama-server replica on this machine, keeps them healthy, restarts them.
+
+It also watches configured remote OpenAI-compatible URLs, so a remote backend that failed a
+request comes back into rotation once it answers again.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from corral.backends import HttpBackend
 from corral.engine.binaries import EngineBinaries
 from corral.engine.replica import Replica, ReplicaSpec
 from corral.engine.stats import ReplicaMetrics, busy_slots, parse_metrics
@@ -21,6 +26,7 @@ log = logging.getLogger("corral.engine")
 
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 60.0  # a replica up this long has its restart backoff reset
+UNHEALTHY_RESTART_S = 30.0  # alive but failing /health this long: restart it
 
 
 @dataclass
@@ -32,6 +38,7 @@ class ReplicaHealth:
     busy_slots: int = 0
     metrics: ReplicaMetrics = field(default_factory=ReplicaMetrics)
     ready_since: float = 0.0
+    unhealthy_since: float = 0.0
 
 
 class Engine:
@@ -50,6 +57,7 @@ class Engine:
         self.ready_timeout_s = ready_timeout_s
         self.health_interval_s = health_interval_s
         self.replicas: list[Replica] = []
+        self.remotes: list[HttpBackend] = []
         self.health: dict[str, ReplicaHealth] = {}
         self._tasks = TaskOwner()
         self._stopping = False
@@ -70,6 +78,9 @@ class Engine:
             if ok:
                 self.health[replica.spec.name].ready_since = now
         return [r for r, ok in zip(targets, ready, strict=True) if not ok]
+
+    def watch_remote(self, backend: HttpBackend) -> None:
+        self.remotes.append(backend)
 
     def start_monitor(self) -> None:
         self._tasks.spawn(self._monitor(), name="engine-monitor")
@@ -101,7 +112,10 @@ class Engine:
 
     async def _monitor(self) -> None:
         while not self._stopping:
-            await asyncio.gather(*(self._check(r) for r in self.replicas))
+            await asyncio.gather(
+                *(self._check(r) for r in self.replicas),
+                *(self._check_remote(b) for b in self.remotes if not b.state.healthy),
+            )
             await asyncio.sleep(self.health_interval_s)
 
     async def _check(self, replica: Replica) -> None:
@@ -121,14 +135,33 @@ class Engine:
             healthy = response.status_code == 200
         except httpx.TransportError:
             healthy = False
+        now = time.monotonic()
         if healthy and not replica.state.healthy:
             replica.state.set_status("ready")
         elif not healthy and replica.state.healthy:
             replica.state.set_status("unhealthy", error="health check failed")
+        if not healthy:
+            health.unhealthy_since = health.unhealthy_since or now
+            if now - health.unhealthy_since > UNHEALTHY_RESTART_S:
+                health.unhealthy_since = 0.0
+                self._tasks.spawn(
+                    self.restart(replica, f"failed /health for {UNHEALTHY_RESTART_S:.0f}s"),
+                    name=f"restart-{replica.spec.name}",
+                )
+            return
+        health.unhealthy_since = 0.0
         if healthy:
             if time.monotonic() - health.ready_since > STABLE_AFTER_S:
                 health.backoff_s = 1.0
             await self._read_stats(replica, health)
+
+    async def _check_remote(self, backend: HttpBackend) -> None:
+        try:
+            response = await backend.get("/v1/models")
+        except httpx.TransportError:
+            return
+        if response.status_code < 500:
+            backend.state.set_status("remote")
 
     async def _read_stats(self, replica: Replica, health: ReplicaHealth) -> None:
         with contextlib.suppress(httpx.TransportError, ValueError):

@@ -71,6 +71,16 @@ def _die_with_parent() -> None:
 
 
 PR_SET_PDEATHSIG = 1
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+
+
+def _rotate(log: Path) -> None:
+    """Keep one previous log (name.1) once a replica's log passes 10 MiB."""
+    try:
+        if log.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(log, log.with_name(log.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -108,6 +118,7 @@ class Replica:
 
     async def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(_rotate, self.log_path)
         self.state.set_status("starting")
         log = await asyncio.to_thread(open, self.log_path, "ab")
         try:

@@ -10,10 +10,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from corral.errors import BadRequestError
+from corral.errors import BadRequestError, NotFoundError
 from corral.gateway.auth import KeyRecord, KeyStore, Scope, bearer_token
 from corral.gateway.errors import install_error_handlers
 from corral.gateway.metrics import GatewayMetrics
@@ -93,10 +93,12 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         summary="OpenAI-compatible gateway for a cluster of local llama.cpp models",
         version="0.1.0",
         lifespan=_lifespan,
+        docs_url=None,  # FastAPI's docs pages load from a CDN: useless offline
+        redoc_url=None,
     )
     app.state.gateway = gateway
     install_error_handlers(app)
-    proxy = Proxy(gateway.router, gateway.metrics, gateway.stops)
+    proxy = Proxy(gateway.router, gateway.metrics, gateway.stops, gateway.max_body_bytes)
 
     def authorize(request: Request, need: Scope = "user") -> None:
         headers = request.headers
@@ -104,9 +106,6 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
 
     async def forward(request: Request, endpoint: Endpoint) -> Response:
         authorize(request)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > gateway.max_body_bytes:
-            return _too_large(gateway.max_body_bytes)
         return await proxy.handle(request, endpoint)
 
     @app.get("/health", tags=["health"])
@@ -168,9 +167,16 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         return {"keys": [_key_json(r) for r in gateway.keys.list()]}
 
     @app.post("/api/keys", tags=["admin"], status_code=201)
-    async def create_key(request: Request, body: NewKey) -> dict[str, Any]:
-        """Create a key; the secret is in this response only. Admin scope."""
-        authorize(request, "admin")
+    async def create_key(request: Request) -> dict[str, Any]:
+        """Create a key from {"name": ..., "scope": "user"|"admin"}; the secret is in this
+        response only. Admin scope."""
+        authorize(request, "admin")  # before reading the body: strangers learn nothing
+        try:
+            body = NewKey.model_validate_json(await request.body())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise BadRequestError(f"{param or 'body'}: {first['msg']}", param=param) from None
         record, secret = gateway.keys.create(body.name, body.scope)
         return {**_key_json(record), "key": secret}
 
@@ -179,7 +185,7 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         """Revoke a key from the next request on. Admin scope."""
         authorize(request, "admin")
         if key_id not in {r.id for r in gateway.keys.list()}:
-            raise UnknownKeyError(f"no key with id {key_id!r}; GET /api/keys lists them")
+            raise NotFoundError(f"no key with id {key_id!r}; GET /api/keys lists them")
         return _key_json(gateway.keys.revoke(key_id))
 
     @app.get("/metrics", tags=["corral"])
@@ -201,11 +207,6 @@ class NewKey(BaseModel):
     scope: Scope = "user"
 
 
-class UnknownKeyError(BadRequestError):
-    status_code = 404
-    code = "key_not_found"
-
-
 def _key_json(record: KeyRecord) -> dict[str, Any]:
     return {
         "id": record.id,
@@ -214,17 +215,3 @@ def _key_json(record: KeyRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "revoked_at": record.revoked_at,
     }
-
-
-def _too_large(limit: int) -> Response:
-    from corral.gateway.errors import error_body
-
-    err = BadRequestError(
-        f"request body is larger than {limit} bytes; send a smaller request "
-        "or raise server.max_body_bytes in corral.yaml"
-    )
-    return Response(
-        error_body(err.message, err.error_type, code="request_too_large"),
-        status_code=413,
-        media_type="application/json",
-    )

@@ -59,7 +59,7 @@ def install_error_handlers(app: FastAPI) -> None:
         status = exc.status_code
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if status == 404:
-            detail = f"{detail}: no such route; see /docs for the API or use /v1/chat/completions"
+            detail = f"{detail}: no such route; /openapi.json and docs/api.md list the API"
         return Response(
             error_body(detail, _STATUS_TYPES.get(status, "server_error")),
             status_code=status,

@@ -42,7 +42,9 @@ def terms(text: str) -> list[str]:
     for word in _WORD.findall(text.lower()):
         if word in _STOP or len(word) < 2:
             continue
-        if len(word) > 4 and word.endswith("s") and not word.endswith("ss"):
+        if len(word) > 4 and word.endswith("ies"):
+            word = word[:-3] + "y"  # summaries -> summary
+        elif len(word) > 4 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
             word = word[:-1]
         out.append(word)
     return out

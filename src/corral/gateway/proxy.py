@@ -21,7 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from corral.backends import Backend, BackendResponse
-from corral.errors import BadRequestError, ContextOverflowError, CorralError, NoBackendError
+from corral.errors import (
+    BadRequestError,
+    ContextOverflowError,
+    CorralError,
+    NoBackendError,
+    QueueFullError,
+    TooLargeError,
+)
 from corral.gateway.errors import error_response
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.router import Admission, Candidate, Router
@@ -44,6 +51,28 @@ EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "embedding")
 
 class ClientGone(Exception):
     """The client closed its connection before the answer was ready."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it passes `limit` bytes (declared or chunked)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> TooLargeError:
+    return TooLargeError(
+        f"request body is larger than {limit} bytes; send a smaller request or raise "
+        "server.max_body_bytes in corral.yaml"
+    )
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -127,14 +156,16 @@ class Proxy:
         router: Router,
         metrics: GatewayMetrics,
         stops: Callable[[str], tuple[str, ...]],
+        max_body_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.router = router
         self.metrics = metrics
         self._stops = stops
+        self.max_body_bytes = max_body_bytes
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         started = time.perf_counter()
-        raw = await request.body()
+        raw = await read_body(request, self.max_body_bytes)
         body = parse_body(raw)
         validate(endpoint, body)
         choice = self.router.resolve(body.get("model"), endpoint.kind, lambda: routing_text(body))
@@ -142,9 +173,12 @@ class Proxy:
         cost = estimate_cost(body, len(raw))
         candidates = self.router.candidates(choice.expert, cost)
         stream = bool(body.get("stream")) and endpoint is not EMBEDDINGS
-        lease = Lease(
-            self.router.admit(choice.expert, candidates), self.metrics.queue_depth.labels(choice.expert)
-        )
+        try:
+            admission = self.router.admit(choice.expert, candidates)
+        except QueueFullError:
+            self.metrics.rejected.labels(choice.expert).inc()
+            raise
+        lease = Lease(admission, self.metrics.queue_depth.labels(choice.expert))
         try:
             response = await self._dispatch(
                 request, endpoint, body, raw, candidates, choice.expert, choice.reason,

@@ -48,6 +48,9 @@ class RoundRobin:
         return [*backends[start:], *backends[:start]]
 
 
+BALANCERS = ("expected_finish_time", "least_busy", "round_robin")
+
+
 def make_balancer(name: str) -> Balancer:
     if name == "expected_finish_time":
         return by_expected_finish
@@ -92,7 +95,7 @@ class Router:
                 '`model` is required: name an expert, an alias, or use "auto"', param="model"
             )
         if model == "auto":
-            pool = [e for e in self.experts.values() if e.kind == kind]
+            pool = self.auto_pool(kind)
             if not pool:
                 raise UnknownModelError(f"no {kind} expert is configured", param="model")
             return self.chooser.choose(text(), pool)
@@ -115,6 +118,13 @@ class Router:
                 param="model",
             )
         return choice
+
+    def auto_pool(self, kind: str) -> list[ExpertConfig]:
+        """Experts `auto` chooses among: those of this kind that are not only someone's fallback."""
+        of_kind = [e for e in self.experts.values() if e.kind == kind]
+        fallbacks = {name for e in of_kind for name in e.fallback}
+        primary = [e for e in of_kind if e.name not in fallbacks]
+        return primary or of_kind
 
     def chain(self, expert: str) -> list[str]:
         """The expert followed by its fallback chain (depth-first, each expert once)."""
