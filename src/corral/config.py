@@ -58,6 +58,7 @@ class ExpertConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="threads per replica; default from cores")
     fallback: list[str] = []
     always_loaded: bool = False
+    auto: bool = Field(True, description="whether `model: auto` may choose this expert")
     url: str | None = Field(
         None, description="an OpenAI-compatible base URL to use instead of a local replica"
     )
@@ -134,6 +135,15 @@ def cross_check(config: CorralConfig) -> list[Problem]:
                         f"{target!r} ({experts[target].kind})",
                     )
                 )
+    for i, expert in enumerate(config.experts):
+        if expert.api_key_env and expert.url is None:
+            problems.append(
+                (
+                    ("experts", i, "api_key_env"),
+                    f"expert {expert.name!r} has api_key_env but no url; the key is only "
+                    "sent to a remote url, so add `url:` or remove `api_key_env`",
+                )
+            )
     if not any(e.kind == "chat" for e in config.experts):
         problems.append((("experts",), "declare at least one expert of kind 'chat'"))
     return problems
@@ -159,6 +169,7 @@ def default_config() -> CorralConfig:
                 replicas=1,
                 slots=1,
                 always_loaded=True,
+                auto=False,
             ),
             ExpertConfig(
                 name="embed",
@@ -204,7 +215,8 @@ def load_config(path: Path) -> CorralConfig:
     config = parse_config(text, source=str(path))
     for expert in config.experts:
         model = Path(expert.model).expanduser()
-        if (model.suffix == ".gguf" or "/" in expert.model) and not model.is_absolute():
+        local = expert.url is None  # a remote's model is a name like org/model, not a path
+        if local and (model.suffix == ".gguf" or "/" in expert.model) and not model.is_absolute():
             expert.model = str((path.parent / model).resolve())
     return config
 

@@ -41,6 +41,7 @@ experts:
   - name: fallback
     model: gemma3-270m
     description: small always-loaded model
+    auto: false
     always_loaded: true
     replicas: 1
     slots: 2

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from corral.config import default_config, parse_config
+from corral.config import default_config, load_config, parse_config
 from corral.errors import ConfigError
 
 
@@ -69,3 +71,17 @@ def test_fallback_kind_must_match() -> None:
         parse_config(
             "experts:\n  - {name: a, model: m, fallback: [e]}\n  - {name: e, model: m, kind: embedding}\n"
         )
+
+
+def test_api_key_env_needs_a_url() -> None:
+    with pytest.raises(ConfigError, match=r"corral.yaml:2.*api_key_env but no url"):
+        parse_config("experts:\n  - {name: a, model: m, api_key_env: KEY}\n", source="corral.yaml")
+
+
+def test_remote_model_names_with_slashes_are_not_paths(tmp_path: Path) -> None:
+    path = tmp_path / "corral.yaml"
+    path.write_text(
+        "experts:\n  - {name: a, model: gemma3-270m}\n"
+        "  - {name: big, model: meta-llama/Llama-3.1-8B-Instruct, url: 'http://h:8000/v1'}\n"
+    )
+    assert load_config(path).expert("big").model == "meta-llama/Llama-3.1-8B-Instruct"

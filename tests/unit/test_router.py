@@ -18,7 +18,7 @@ EXPERTS = [
         fallback=["fallback"],
     ),
     ExpertConfig(name="coder", model="m", description="python code programming bugs functions"),
-    ExpertConfig(name="fallback", model="m", description="tiny model", always_loaded=True),
+    ExpertConfig(name="fallback", model="m", description="tiny model", always_loaded=True, auto=False),
     ExpertConfig(name="embed", model="m", kind="embedding", description="embeddings"),
 ]
 
@@ -118,8 +118,8 @@ def test_chain_is_depth_first_without_repeats() -> None:
     assert router.chain("a") == ["a", "b", "c"]
 
 
-def test_auto_does_not_pick_an_expert_that_is_only_a_fallback() -> None:
+def test_auto_skips_experts_marked_auto_false() -> None:
     router = make_router()
-    # "tiny" is in the fallback's description, but fallback serves others' failures, not `auto`.
+    # "tiny" is in the fallback's description, but it is marked `auto: false`.
     assert router.resolve("auto", "chat", lambda: "a tiny model question").expert != "fallback"
     assert {e.name for e in router.auto_pool("chat")} == {"general", "coder"}

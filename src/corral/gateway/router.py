@@ -120,11 +120,9 @@ class Router:
         return choice
 
     def auto_pool(self, kind: str) -> list[ExpertConfig]:
-        """Experts `auto` chooses among: those of this kind that are not only someone's fallback."""
+        """Experts `auto` chooses among: those of this kind with `auto: true` (all, if none)."""
         of_kind = [e for e in self.experts.values() if e.kind == kind]
-        fallbacks = {name for e in of_kind for name in e.fallback}
-        primary = [e for e in of_kind if e.name not in fallbacks]
-        return primary or of_kind
+        return [e for e in of_kind if e.auto] or of_kind
 
     def chain(self, expert: str) -> list[str]:
         """The expert followed by its fallback chain (depth-first, each expert once)."""
