@@ -116,8 +116,8 @@ def up(
         return
     console.print(_plan_table(runtime, profile))
     console.print(
-        f"Starting {len(engine.replicas)} llama-server replica(s); the API will be at "
-        f"[bold]http://{bind_host}:{bind_port}/v1[/] when they are ready."
+        f"Starting {len(engine.replicas)} llama-server replica(s); the API is at "
+        f"[bold]http://{bind_host}:{bind_port}/v1[/] (GET /ready says when the models are loaded)."
     )
     application = create_app(gateway, lambda: engine_lifespan(engine, client))
     # log_config=None: keep our logging setup (uvicorn's would hide corral's own lines).

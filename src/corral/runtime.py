@@ -142,14 +142,13 @@ def _remote_backend(expert: ExpertConfig, client: httpx.AsyncClient, env: Mappin
 
 @asynccontextmanager
 async def engine_lifespan(engine: Engine, client: httpx.AsyncClient) -> AsyncIterator[None]:
-    """Start every replica (waiting until ready), watch them while serving, stop them after."""
+    """Serve at once while the replicas load in the background; stop them all on the way out.
+
+    Binding first means /health answers during a long model load and /ready says why it is not
+    ready yet; requests meanwhile get 503 with Retry-After instead of a refused connection.
+    """
     try:
-        failed = await engine.start()
-        for replica in failed:
-            log.error("replica %s did not start:\n%s", replica.spec.name, replica.log_tail())
-        engine.start_monitor()
-        ready = sum(1 for r in engine.replicas if r.state.healthy)
-        log.info("ready: %d of %d replicas serving", ready, len(engine.replicas))
+        engine.start_in_background()
         yield
     finally:
         await engine.stop()

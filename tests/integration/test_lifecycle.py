@@ -63,3 +63,44 @@ def test_replicas_die_with_a_killed_corral(tmp_path: Path) -> None:
     finally:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_health_answers_while_models_load(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.integration.conftest import _free_port
+
+    (tmp_path / "corral.yaml").write_text(SMALL)
+    env = {**os.environ, "CORRAL_HOME": str(tmp_path)}
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    seen: set[tuple[int, int]] = set()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(url + "/health", trust_env=False, timeout=2).status_code
+                ready = httpx.get(url + "/ready", trust_env=False, timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            seen.add((health, ready.status_code))
+            if ready.status_code == 200:
+                break
+            assert "general" in ready.text  # says what it is waiting for
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+    assert (200, 200) in seen
+    assert (200, 503) in seen  # up and answering before the model was loaded

@@ -82,6 +82,19 @@ class Engine:
     def watch_remote(self, backend: HttpBackend) -> None:
         self.remotes.append(backend)
 
+    def start_in_background(self) -> None:
+        """Start every replica, then watch them; returns at once."""
+
+        async def start_then_watch() -> None:
+            failed = await self.start()
+            for replica in failed:
+                log.error("replica %s did not start:\n%s", replica.spec.name, replica.log_tail())
+            ready = sum(1 for r in self.replicas if r.state.healthy)
+            log.info("ready: %d of %d replicas serving", ready, len(self.replicas))
+            self.start_monitor()
+
+        self._tasks.spawn(start_then_watch(), name="engine-start")
+
     def start_monitor(self) -> None:
         self._tasks.spawn(self._monitor(), name="engine-monitor")
 

@@ -74,8 +74,10 @@ class Gateway:
         for name in self.required_experts:
             if not any(b.state.healthy for b in self.router.registry.backends(name)):
                 problems.append(f"expert {name!r} has no ready replica")
-        if not any(b.state.healthy for b in self.router.registry.all()):
-            problems.append("no backend is ready")
+        backends = self.router.registry.all()
+        if not any(b.state.healthy for b in backends):
+            states = ", ".join(f"{b.name}: {b.state.status}" for b in backends)
+            problems.append(f"no backend is ready ({states or 'none configured'})")
         return not problems, problems
 
 

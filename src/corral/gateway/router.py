@@ -153,7 +153,7 @@ class Router:
             )
             raise NoBackendError(
                 f"no healthy replica for {expert!r} or its fallbacks ({states or 'none configured'}); "
-                "corral is restarting them, retry shortly or check `corral status`",
+                "corral is starting or restarting them: retry shortly, or check `corral status`",
                 retry_after_s=2.0,
             )
         capacity = sum(c.backend.state.slots for c in candidates) + self.max_queue
