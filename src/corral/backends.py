@@ -122,7 +122,13 @@ class HttpBackend:
         request = self._client.build_request(
             "POST", self.base_url + path, content=body, headers=self._headers
         )
-        return await self._client.send(request, stream=True)
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.RemoteProtocolError:
+            # A pooled keep-alive connection the server had already closed (llama-server closes
+            # after each streamed answer though it advertises keep-alive): nothing was processed,
+            # so send once more on a fresh connection before calling the backend failed.
+            return await self._client.send(request, stream=True)
 
     async def get(self, path: str) -> httpx.Response:
         return await self._client.get(self.base_url + path, headers=self._headers, timeout=5.0)

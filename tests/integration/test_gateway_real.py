@@ -266,3 +266,22 @@ def test_models_cli_measures_speed_and_fit(corral: RunningCorral) -> None:
     assert "gemma3-270m" in result.output and "Q4_K_M" in result.output
     assert "tok/s on the bundled model" in result.output
     assert "yes" in result.output
+
+
+def test_request_right_after_a_stream_stays_on_its_replica(
+    corral: RunningCorral, client: openai.OpenAI
+) -> None:
+    corral.wait_healthy("coder/0")
+    for _ in range(3):
+        stream = client.chat.completions.create(
+            model="coder", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, stream=True
+        )
+        for _chunk in stream:
+            pass
+        raw = client.chat.completions.with_raw_response.create(
+            model="coder", messages=[{"role": "user", "content": "Say bye."}], max_tokens=4
+        )
+        # llama-server drops the connection after a stream; the gateway must not take that for
+        # a dead replica and send the request to the fallback.
+        assert raw.headers["x-corral-replica"] == "coder/0"
+    assert corral.replica("coder/0")["healthy"]

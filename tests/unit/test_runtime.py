@@ -79,3 +79,18 @@ def test_relative_gguf_paths_resolve_next_to_the_config(tmp_path: Path) -> None:
     config = load_config(folder / "corral.yaml")
     assert config.expert("a").model == str(folder / "models" / "x.gguf")
     assert config.expert("b").model == "gemma3-270m"
+
+
+async def test_a_stale_pooled_connection_is_retried_once() -> None:
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json={"ok": True})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        backend = _remote_backend(remote("http://h/v1"), client, {})
+        response = await backend.open("/v1/chat/completions", b"{}")
+    assert response.status_code == 200 and calls["n"] == 2
