@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,15 @@ async def start_replicas(
     slots: int,
     context_per_slot: int,
     client: httpx.AsyncClient,
+    extra_args: Sequence[str] = (),
 ) -> list[Replica]:
     """One llama-server per entry of `threads`, started concurrently, all ready or raise."""
     binaries = locate(home / "engine-lib")
     replicas = []
     for index, n in enumerate(threads):
         spec = ReplicaSpec(expert=EXPERT, index=index, model=model, slots=slots,
-                           context_per_slot=context_per_slot, threads=n)  # fmt: skip
+                           context_per_slot=context_per_slot, threads=n,
+                           extra_args=tuple(extra_args))  # fmt: skip
         replica = Replica(spec, binaries, home / "logs")
         _LIVE.append(replica)
         replicas.append(replica)
@@ -138,6 +141,7 @@ class GatewayProcess:
     key: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    keys_dir: Path
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -147,6 +151,7 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        shutil.rmtree(self.keys_dir, ignore_errors=True)
 
 
 async def start_gateway(
@@ -174,14 +179,9 @@ async def start_gateway(
         "backends": [{"name": r.spec.name, "url": r.url, "slots": r.spec.slots} for r in replicas],
         "profile": profile,
     }
-    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"gateway-{balancer}-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    gateway = GatewayProcess(f"http://127.0.0.1:{port}", secret, process, log_path)
+    process = _spawn(spec, log_path)
+    gateway = GatewayProcess(f"http://127.0.0.1:{port}", secret, process, log_path, keys_dir)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -192,6 +192,15 @@ async def start_gateway(
         await asyncio.sleep(0.1)
     gateway.stop()
     raise RuntimeError(f"gateway not ready after 30 s:\n{log_path.read_text()[-2000:]}")
+
+
+def _spawn(spec: dict[str, Any], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 def _serve(spec: dict[str, Any]) -> None:
@@ -210,21 +219,57 @@ def _serve(spec: dict[str, Any]) -> None:
     config = CorralConfig(experts=[expert])
     client = http_client(config)
     registry = LocalRegistry()
+    http_backends = []
     for backend in spec["backends"]:
         state = BackendState(slots=backend["slots"])
         state.set_status("ready")
-        registry.add(HttpBackend(backend["name"], EXPERT, spec["model_id"], backend["url"], client, state))
+        http_backend = HttpBackend(backend["name"], EXPERT, spec["model_id"], backend["url"], client, state)
+        http_backends.append(http_backend)
+        registry.add(http_backend)
     router = Router(config.experts, registry, max_queue=config.server.max_queue,
                     balancer=make_balancer(spec["balancer"]))  # fmt: skip
     stops = tuple(spec["stops"])
     gateway = Gateway(router=router, keys=KeyStore(Path(spec["keys_file"])), stops=lambda _: stops,
                       required_experts=(EXPERT,))  # fmt: skip
-    app = create_app(gateway)
+
+    @contextlib.asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        # What the engine's monitor does for `corral up`: a replica marked unhealthy after a
+        # failed request is marked ready again once /health answers (every 2 s).
+        async def monitor() -> None:
+            while True:
+                await asyncio.sleep(2.0)
+                for backend in http_backends:
+                    with contextlib.suppress(httpx.TransportError):
+                        ok = (await client.get(backend.base_url + "/health", timeout=2.0)).status_code == 200
+                        if ok and not backend.state.healthy:
+                            backend.state.set_status("ready")
+                            print(f"monitor: {backend.name} ready again", file=sys.stderr, flush=True)
+
+        task = asyncio.create_task(monitor())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.aclose()
+
+    app = create_app(gateway, lifespan)
     run = lambda: uvicorn.run(  # noqa: E731
         app, host="127.0.0.1", port=spec["port"], log_level="warning", access_log=False
     )
     if not spec.get("profile"):
         run()
+        return
+    if spec["profile"].endswith(".prof"):  # cProfile, for `python -m pstats`
+        import cProfile
+
+        with cProfile.Profile() as cprofile:
+            try:
+                run()
+            finally:
+                cprofile.dump_stats(spec["profile"])
         return
     from pyinstrument import Profiler  # only with --profile: `uv run --with pyinstrument`
 
@@ -265,29 +310,91 @@ def spread(values: Sequence[float]) -> str:
 
 INTRO = """# Benchmarks
 
-Measured with real llama-server replicas of the bundled model (`{model}`) and the real gateway
-(FastAPI under uvicorn, in its own process on loopback), driven by an `httpx.AsyncClient`.
-The scripts live in `bench/`; each section says how to reproduce it. Figures are from a small,
-shared (noisy) machine, so read them as orders of magnitude and compare within one table only.
+Real llama-server replicas of the bundled model (`{model}`) and the real gateway (the FastAPI
+app under uvicorn, in its own process on loopback, built from `Gateway`, `Router`,
+`LocalRegistry`, `HttpBackend` and `KeyStore`), driven by an `httpx.AsyncClient` load
+generator. Each section is written by its script with `--write`:
+
+    uv run python bench/gateway_overhead.py --write   # ## Gateway overhead, ~4 min
+    uv run python bench/routing.py --write            # ## Routing, ~3.5 min
+    uv run python bench/routing.py --threads 1,1 --slow-cpu 0.4 --write   # needs root (cgroup)
+
+`--help` lists the knobs for longer, tighter runs (`--scale`, `--rounds`, `--requests`). The
+assembled model and the replica and gateway logs live in `~/.cache/corral-bench` (`--home`).
+
+Machine of the figures below: {machine}. It is a small shared VM whose speed varies from minute
+to minute, so the scripts interleave what they compare; read the figures as what this machine
+gives, and compare within one table only.
 """
 
 
-def update_doc(heading: str, body: str, path: Path = DOC) -> None:
-    """Replace (or append) the section `## heading` of docs/benchmarks.md."""
+def update_doc(heading: str, body: str, *, subheading: str | None = None, intro: str = "",
+               path: Path = DOC) -> None:  # fmt: skip
+    """Replace (or append) the section `## heading` of docs/benchmarks.md, or only its
+    subsection `### subheading` (the section starts with `intro` when it is new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else INTRO.format(model=MODEL)
+    text = path.read_text() if path.exists() else INTRO.format(model=MODEL, machine=machine())
     lines = text.splitlines()
     title = f"## {heading}"
-    section = [title, "", *body.strip("\n").splitlines(), ""]
-    if title in lines:
-        start = lines.index(title)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[start:end] = section
-    else:
+    if title not in lines:
         if lines and lines[-1].strip():
             lines.append("")
-        lines += section
+        lines += [title, "", *([*intro.strip().splitlines(), ""] if intro.strip() else [])]
+    start = lines.index(title)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    new = [*body.strip("\n").splitlines(), ""]
+    if subheading is None:
+        lines[start:end] = [title, "", *new]
+    else:
+        sub = f"### {subheading}"
+        block = [sub, "", *new]
+        inside = lines[start:end]
+        if sub in inside:
+            s0 = start + inside.index(sub)
+            s1 = next((i for i in range(s0 + 1, end) if lines[i].startswith("### ")), end)
+            lines[s0:s1] = block
+        else:
+            while end > start and not lines[end - 1].strip():
+                end -= 1
+            lines[end:end] = ["", *block]
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
+
+
+# --- CPU caps for a replica ------------------------------------------------------------------
+
+
+def cap_cpu(pid: int, fraction: float, period_us: int = 20_000) -> Path:
+    """Put process `pid` (all its threads) in a new cgroup limited to `fraction` of one CPU.
+
+    Needs root and a cgroup v1 `cpu` or cgroup v2 hierarchy; returns the cgroup to remove.
+    """
+    quota = max(1000, int(period_us * fraction))
+    v1 = Path("/sys/fs/cgroup/cpu")
+    v2 = Path("/sys/fs/cgroup")
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            group = v1 / f"corral-bench-{pid}"
+            group.mkdir(exist_ok=True)
+            (group / "cpu.cfs_period_us").write_text(str(period_us))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        elif "cpu" in (v2 / "cgroup.controllers").read_text().split():
+            with contextlib.suppress(OSError):
+                (v2 / "cgroup.subtree_control").write_text("+cpu")
+            group = v2 / f"corral-bench-{pid}"
+            group.mkdir(exist_ok=True)
+            (group / "cpu.max").write_text(f"{quota} {period_us}")
+        else:
+            raise OSError("no cgroup cpu controller")
+        (group / "cgroup.procs").write_text(str(pid))
+    except OSError as exc:
+        raise SystemExit(f"cannot cap a replica's CPU here ({exc}); this needs root and a "
+                         "cgroup cpu controller, or run without --slow-cpu") from None  # fmt: skip
+    return group
+
+
+def remove_cgroup(group: Path) -> None:
+    with contextlib.suppress(OSError):
+        group.rmdir()
 
 
 def ms(seconds: float) -> str:
