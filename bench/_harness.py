@@ -33,6 +33,7 @@ import httpx
 
 from corral.engine.binaries import locate
 from corral.engine.replica import Replica, ReplicaSpec
+from corral.gateway.auth import KeyStore
 from corral.models.catalog import Catalog, ModelEntry
 
 MODEL = "gemma3-270m"
@@ -165,8 +166,6 @@ async def start_gateway(
 ) -> GatewayProcess:
     """Run the corral gateway (uvicorn, loopback) in front of `replicas`; wait until /ready."""
     keys_dir = Path(tempfile.mkdtemp(prefix="corral-bench-keys-"))
-    from corral.gateway.auth import KeyStore
-
     _, secret = KeyStore(keys_dir / "keys.json").create("bench", "user")
     port = free_port()
     spec = {
@@ -185,6 +184,7 @@ async def start_gateway(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            shutil.rmtree(keys_dir, ignore_errors=True)
             raise RuntimeError(f"gateway exited:\n{log_path.read_text()[-2000:]}")
         with contextlib.suppress(httpx.TransportError):
             if (await client.get(gateway.url + "/ready", timeout=1.0)).status_code == 200:
@@ -210,7 +210,6 @@ def _serve(spec: dict[str, Any]) -> None:
     from corral.backends import BackendState, HttpBackend
     from corral.config import CorralConfig, ExpertConfig
     from corral.gateway.app import Gateway, create_app
-    from corral.gateway.auth import KeyStore
     from corral.gateway.registry import LocalRegistry
     from corral.gateway.router import Router, make_balancer
     from corral.runtime import http_client
@@ -322,9 +321,9 @@ generator. Each section is written by its script with `--write`:
 `--help` lists the knobs for longer, tighter runs (`--scale`, `--rounds`, `--requests`). The
 assembled model and the replica and gateway logs live in `~/.cache/corral-bench` (`--home`).
 
-Machine of the figures below: {machine}. It is a small shared VM whose speed varies from minute
-to minute, so the scripts interleave what they compare; read the figures as what this machine
-gives, and compare within one table only.
+Machine of the figures below: {machine}.
+It is a small shared VM whose speed varies from minute to minute, so the scripts interleave what
+they compare; read the figures as what this machine gives, and compare within one table only.
 """
 
 
@@ -354,9 +353,10 @@ def update_doc(heading: str, body: str, *, subheading: str | None = None, intro:
             s1 = next((i for i in range(s0 + 1, end) if lines[i].startswith("### ")), end)
             lines[s0:s1] = block
         else:
-            while end > start and not lines[end - 1].strip():
-                end -= 1
-            lines[end:end] = ["", *block]
+            last = end
+            while last > start and not lines[last - 1].strip():
+                last -= 1
+            lines[last:end] = ["", *block]
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 

@@ -87,16 +87,24 @@ class Load:
         return sum(self.together)
 
 
-def body(prompt: str, max_tokens: int) -> bytes:
+def body(prompt: str, max_tokens: int, stop: Sequence[str] = ()) -> bytes:
     messages = [{"role": "user", "content": prompt}]
+    extra = {"stop": list(stop)} if stop else {}
     return json.dumps({"model": EXPERT, "messages": messages, "max_tokens": max_tokens,
-                       "temperature": 0}).encode()  # fmt: skip
+                       "temperature": 0, **extra}).encode()  # fmt: skip
 
 
 async def capacity(
-    client: httpx.AsyncClient, urls: Sequence[str], slots: int, max_tokens: int, seconds: float
+    client: httpx.AsyncClient,
+    urls: Sequence[str],
+    slots: int,
+    max_tokens: int,
+    seconds: float,
+    stop: Sequence[str],
 ) -> tuple[float, list[float]]:
-    """Requests/s of all replicas together, each kept full (slots requests) for `seconds`."""
+    """Requests/s of all replicas together, each kept full (slots requests) for `seconds`.
+
+    Sent to the replicas directly, with the stop strings the gateway would add."""
     done = [0] * len(urls)
     rng = random.Random(1)
     deadline = time.perf_counter() + seconds
@@ -104,7 +112,7 @@ async def capacity(
     async def worker(index: int) -> None:
         while time.perf_counter() < deadline:
             response = await client.post(urls[index] + "/v1/chat/completions",
-                                         content=body(rng.choice(PROMPTS), max_tokens),
+                                         content=body(rng.choice(PROMPTS), max_tokens, stop),
                                          headers={"content-type": "application/json"})  # fmt: skip
             response.raise_for_status()
             done[index] += 1
@@ -188,14 +196,17 @@ async def measure(args: argparse.Namespace) -> tuple[dict[str, Outcome], Load]:
                                                      log_dir=home / "logs", client=client)  # fmt: skip
             urls = [r.url for r in replicas]
             log("warm-up")
-            await capacity(client, urls, args.slots, args.max_tokens, 3.0)  # KV pages, caches
+            stop = model.prompt_format.stop
+            await capacity(client, urls, args.slots, args.max_tokens, 3.0, stop)  # KV pages, caches
             for gateway in gateways.values():  # every balancer measures both replicas' speed
                 warm = schedule(args.seed - 1, 100.0, args.slots * len(replicas))
                 await open_loop(client, gateway, warm, args.max_tokens, Outcome())
             log("capacity")
-            alone = [(await capacity(client, [url], args.slots, args.max_tokens, args.capacity_s))[0]
+            alone = [(await capacity(client, [url], args.slots, args.max_tokens, args.capacity_s, stop))[0]
                      for url in urls]  # fmt: skip
-            total, per_replica = await capacity(client, urls, args.slots, args.max_tokens, args.capacity_s)
+            total, per_replica = await capacity(
+                client, urls, args.slots, args.max_tokens, args.capacity_s, stop
+            )
             rate = args.rate or args.load * total
             load = Load(alone, per_replica, rate)
             log(f"capacity {total:.2f} req/s ({', '.join(f'{x:.2f}' for x in per_replica)}); "
@@ -270,12 +281,22 @@ def report(args: argparse.Namespace, outcomes: dict[str, Outcome], load: Load) -
 
 
 SECTION_INTRO = """Two replicas of unequal speed behind the gateway, once per balancer
-(`expected_finish_time`, the default; `round_robin`; `least_busy`), each balancer in its own gateway
-process. `bench/routing.py` measures the joint capacity, then sends the same open-loop schedule
-(Poisson arrivals at 70% of that capacity, same seed and prompts) of chat completions through
-each balancer in turn, in rounds with the order rotated. Latency runs from a request's scheduled
-arrival to its full answer, so a queue shows up in it. Target: p95(expected_finish_time) /
-p95(round_robin) <= 0.7."""
+(`expected_finish_time`, the default; `round_robin`; `least_busy`), each balancer in its own
+gateway process. `bench/routing.py` measures the joint capacity, then sends the same open-loop
+schedule (Poisson arrivals at 70% of that capacity, same seed and prompts) of chat completions
+through each balancer in turn, in rounds with the order rotated. Latency runs from a request's
+scheduled arrival to its full answer, so a queue shows up in it. Target:
+p95(expected_finish_time) / p95(round_robin) <= 0.7.
+
+Read the capacity line of each run: each replica alone, and both at once. Where the replicas'
+threads together outnumber the cores (`--threads 2,1` on the 2-CPU machine here), the 2-thread
+replica is the fast one only while the other is idle: with both busy, three compute threads
+share two cores, the 2-thread replica's two workers wait for each other at every synchronisation
+point, and its throughput collapses (8-10x here). Speeds then depend on the load itself;
+expected_finish_time's speed estimate (a moving average of measured time per token) follows the
+collapsed figure and moves the load onto the 1-thread replica. The second run gets unequal
+speeds without oversubscribing the cores: both replicas single-threaded, the second capped at
+40% of a CPU with a cgroup (`--slow-cpu 0.4`, needs root)."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

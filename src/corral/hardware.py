@@ -31,7 +31,13 @@ class NodeProfile:
         return replace(self, tokens_per_second=tokens_per_second)
 
     def default_threads(self, replicas: int) -> int:
-        """Threads for one replica when `replicas` share this machine: physical cores split."""
+        """Threads for one replica when `replicas` local replicas share this machine.
+
+        Physical cores are split among all of them, never oversubscribed: llama.cpp's worker
+        threads synchronise at every step, so a multi-threaded replica that loses a core to a
+        busy neighbour stalls (measured: 8-10x slower, see docs/benchmarks.md), while
+        single-threaded replicas sharing cores only slow down in proportion.
+        """
         return max(1, self.cores_physical // max(1, replicas))
 
     def to_json(self) -> dict[str, object]:

@@ -44,12 +44,13 @@ class Runtime:
         catalog = Catalog(self.paths.models, self.progress)
         specs: list[ReplicaSpec] = []
         committed = 0
+        local_replicas = sum(e.replicas for e in self.config.experts if e.url is None)
         for expert in self.config.experts:
             if expert.url is not None or expert.replicas == 0:
                 continue
             entry = catalog.resolve(expert.model)
             self.models[expert.name] = entry
-            threads = expert.threads or self.profile.default_threads(expert.replicas)
+            threads = expert.threads or self.profile.default_threads(local_replicas)
             for index in range(expert.replicas):
                 verdict = check_fit(
                     entry.info, self.profile, expert.context * expert.slots,

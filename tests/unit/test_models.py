@@ -104,3 +104,11 @@ def test_parse_cpuinfo_flags() -> None:
     model, flags = parse_cpuinfo("model name\t: Old Xeon\nflags\t\t: fpu sse4_2 avx f16c ht\n")
     assert model == "Old Xeon"
     assert flags == {"sse4_2", "avx", "f16c"}
+
+
+def test_default_threads_never_oversubscribe() -> None:
+    four_cores = NodeProfile("h", "cpu", 4, 8, 8 << 30, 8 << 30, 10**11, frozenset())
+    assert four_cores.default_threads(1) == 4
+    assert four_cores.default_threads(3) == 1
+    assert four_cores.default_threads(2) == 2
+    assert four_cores.default_threads(9) == 1

@@ -258,10 +258,9 @@ class Proxy:
                 relay = Relay(self, upstream, endpoint, backend, expert, started, lease)
                 return RelayResponse(relay, headers)
             try:
-                content = await _unless_disconnected(request, upstream.aread())
-            except ClientGone:
-                await upstream.aclose()
-                return Response(status_code=499)
+                # No disconnect watcher here: llama-server sends a non-streamed answer's headers
+                # only when it is complete, so the long wait was in _open (which watches).
+                content = await upstream.aread()
             except httpx.TransportError as exc:  # the replica died while answering
                 await upstream.aclose()
                 lease.drop_backend()
