@@ -119,6 +119,31 @@ async def pair(
     return got if len(got) == len(targets) else None
 
 
+async def paired_rounds(
+    targets: Sequence[Target],
+    rounds: int,
+    pairs: int,
+    results: Results,
+    request: Callable[[Target], Awaitable[float]],
+    samples: dict[str, list[float]],
+    differences: list[float],
+    round_p50: list[float],
+) -> None:
+    """`rounds` x `pairs` back-to-back pairs, alternating which target goes first."""
+    for r in range(rounds):
+        per_round: dict[str, list[float]] = {"direct": [], "gateway": []}
+        for i in range(pairs):
+            got = await pair(targets, (i + r) % 2 == 1, results, request)
+            if got is None:
+                continue
+            for name, value in got.items():
+                per_round[name].append(value)
+                samples[name].append(value)
+            differences.append(got["gateway"] - got["direct"])
+        if pairs:
+            round_p50.append(pct(per_round["gateway"], 50) - pct(per_round["direct"], 50))
+
+
 async def completion_latency(client: httpx.AsyncClient, target: Target, body: bytes) -> float:
     started = time.perf_counter()
     response = await client.post(target.url + "/v1/completions", content=body, headers=target.headers)
@@ -245,34 +270,15 @@ async def run_all(
     pairs = 100 * scale if "latency" in args.phases else 0
     log(f"1-token latency: {rounds} rounds x {pairs} pairs")
     cpu_before = cpu_seconds(gateway_pid)
-    for r in range(rounds):
-        per_round: dict[str, list[float]] = {"direct": [], "gateway": []}
-        for i in range(pairs):
-            got = await pair(targets, (i + r) % 2 == 1, results,
-                             lambda t: completion_latency(client, t, latency_body))  # fmt: skip
-            if got is None:
-                continue
-            for name, value in got.items():
-                per_round[name].append(value)
-                results.latency[name].append(value)
-            results.latency_pairs.append(got["gateway"] - got["direct"])
-        results.latency_round_p50.append(pct(per_round["gateway"], 50) - pct(per_round["direct"], 50))
+    latency = lambda t: completion_latency(client, t, latency_body)  # noqa: E731
+    await paired_rounds(targets, rounds, pairs, results, latency,
+                        results.latency, results.latency_pairs, results.latency_round_p50)  # fmt: skip
     results.gateway_cpu_ms = (cpu_seconds(gateway_pid) - cpu_before) * 1000 / max(1, rounds * pairs)
 
     pairs = 15 * scale if "ttft" in args.phases else 0
     log(f"streaming TTFT: {rounds} rounds x {pairs} pairs")
-    for r in range(rounds):
-        per_round = {"direct": [], "gateway": []}
-        for i in range(pairs):
-            got = await pair(targets, (i + r) % 2 == 1, results,
-                             lambda t: stream_ttft(client, t, ttft_body))  # fmt: skip
-            if got is None:
-                continue
-            for name, value in got.items():
-                per_round[name].append(value)
-                results.ttft[name].append(value)
-            results.ttft_pairs.append(got["gateway"] - got["direct"])
-        results.ttft_round_p50.append(pct(per_round["gateway"], 50) - pct(per_round["direct"], 50))
+    await paired_rounds(targets, rounds, pairs, results, lambda t: stream_ttft(client, t, ttft_body),
+                        results.ttft, results.ttft_pairs, results.ttft_round_p50)  # fmt: skip
 
     for concurrency in args.concurrency if "throughput" in args.phases else []:
         requests = max(concurrency, 3) * scale
