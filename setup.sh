@@ -31,7 +31,7 @@ check_tools() {
 # `uv sync -v` prints the llama.cpp build's cmake lines; show them as one progress line and keep
 # the tail to print if the build fails.
 sync_env() {
-  log "preparing the environment (first run builds llama.cpp for this CPU: ~10 min on 2 cores)"
+  log "preparing the environment (the first run builds llama.cpp for this CPU, ~10 min on 2 cores; later runs take seconds)"
   export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
   local logfile; logfile="$(mktemp -t corral-setup.XXXXXX)"
   set +e
