@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from corral.agent.settings import AgentConfig
 from corral.errors import ConfigError
 
 CONFIG_VERSION = 1
@@ -81,6 +82,7 @@ class CorralConfig(_Strict):
     version: int = CONFIG_VERSION
     server: ServerConfig = ServerConfig()
     experts: list[ExpertConfig]
+    agent: AgentConfig = AgentConfig()
 
     @model_validator(mode="after")
     def _check_references(self, info: ValidationInfo) -> CorralConfig:

@@ -1,0 +1,1 @@
+"""The agent: declarative workflows, their runner and durable history, memory and tools."""

@@ -1,0 +1,1 @@
+"""Agent memory: a per-session short-term window and a long-term semantic store."""
