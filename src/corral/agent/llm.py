@@ -50,3 +50,14 @@ class LLMClient(Protocol):
     async def embed(self, texts: Sequence[str], model: str) -> list[list[float]]:
         """One embedding vector per text from the embedding expert `model`."""
         ...
+
+    def route(self, text: str, experts: Sequence[str] | None = None) -> Route:
+        """The mixture-of-experts choice for `text` (among `experts`, default the auto pool)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Route:
+    expert: str
+    method: str
+    reason: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Decision = Literal["auto", "ask", "deny"]
 
@@ -58,6 +58,8 @@ class SshConfig(_Strict):
     client_keys: list[Path] = Field(default_factory=list)
     username: str | None = None
     connect_timeout_s: float = Field(10.0, gt=0)
+    command_timeout_s: float = Field(60.0, gt=0, description="how long a remote command may run")
+    max_output_bytes: int = Field(64 * 1024, ge=1024, description="stdout and stderr kept per command")
 
 
 class AnsibleConfig(_Strict):
@@ -76,6 +78,16 @@ class McpServerConfig(_Strict):
     url: str | None = Field(None, description="a streamable-HTTP server's URL")
     env: dict[str, str] = Field(default_factory=dict)
     risk: Literal["low", "medium", "high"] = "medium"
+    timeout_s: float = Field(60.0, gt=0, description="how long one tool call may take")
+    connect_timeout_s: float = Field(30.0, gt=0, description="how long starting and listing tools may take")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"MCP server {self.name!r} needs exactly one of 'command' or 'url'")
+        if self.command is not None and not self.command:
+            raise ValueError(f"MCP server {self.name!r} has an empty 'command'")
+        return self
 
 
 class ToolsConfig(_Strict):

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from corral.agent.llm import LLMRequest, LLMResult, TokenSink
+from corral.agent.llm import LLMRequest, LLMResult, Route, TokenSink
 
 Reply = str | LLMResult | Callable[[LLMRequest], "str | LLMResult"] | BaseException
 
@@ -48,6 +48,14 @@ class FakeLLM:
 
     async def embed(self, texts: Sequence[str], model: str) -> list[list[float]]:
         return [hashed_embedding(t, self.embed_dim) for t in texts]
+
+    def route(self, text: str, experts: Sequence[str] | None = None) -> Route:
+        """The first of `experts` whose name appears in the text, else the first (or `expert`)."""
+        pool = list(experts or [self.expert])
+        for name in pool:
+            if name.lower() in text.lower():
+                return Route(name, "fake", f"{name!r} is named in the text")
+        return Route(pool[0], "fake", "default")
 
 
 def hashed_embedding(text: str, dim: int = 64) -> list[float]:

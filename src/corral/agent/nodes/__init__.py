@@ -1,0 +1,1 @@
+"""Workflow node types: the Node seam (base) and the shipped library."""
