@@ -154,7 +154,6 @@ edges:
     outs = outputs_of(runner, record.id)
     assert outs["a"]["start"] < outs["b"]["end"] and outs["b"]["start"] < outs["a"]["end"]  # they overlapped
     assert record.outputs == {"count": 2}
-    assert CALLS["join"] if "join" in CALLS else True
     assert [s.node for s in runner.store.steps(record.id)].count("join") == 1
 
 
@@ -277,8 +276,7 @@ async def test_resume_after_a_crash_continues_from_the_last_completed_node() -> 
     runner, library = make()
     workflow, version = library.save(RESUMABLE)
     handle = runner.start(workflow, version, {})
-    while len(runner.store.steps(handle.run_id)) < 2:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(runner.store.steps(handle.run_id)) >= 2)
     handle.task.cancel()  # the process "dies" while `three` runs...
     await asyncio.gather(handle.task, return_exceptions=True)
     runner.store.set_status(handle.run_id, "running")  # ...so its row still says running
@@ -342,8 +340,7 @@ edges:
     handle = runner.start(workflow, version, {})
     gates = runner.services.gates
     assert gates is not None
-    while not gates.pending():
-        await asyncio.sleep(0.01)
+    await eventually(gates.pending)
     assert runner.store.run(handle.run_id).status == "waiting"  # type: ignore[union-attr]
     gates.decide(gates.pending()[0]["id"], True, by="tester")
     assert (await handle.result()).outputs == {"r": "approved"}
