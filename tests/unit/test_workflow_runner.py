@@ -92,6 +92,14 @@ async def run(
     return await runner.run(workflow, version, inputs or {})
 
 
+async def eventually(predicate: Any, timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
 def outputs_of(runner: Runner, run_id: str) -> dict[str, Any]:
     return {s.node: s.outputs for s in runner.store.steps(run_id)}
 
