@@ -175,7 +175,7 @@ def default_config() -> CorralConfig:
             ),
             ExpertConfig(
                 name="embed",
-                model=BUNDLED_MODEL,
+                model="all-minilm-l6-v2",
                 kind="embedding",
                 description="text embeddings",
                 aliases=["text-embedding-3-small"],

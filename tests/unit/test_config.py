@@ -15,6 +15,11 @@ def test_default_config_has_always_loaded_fallback() -> None:
     assert "fallback" in config.expert("general").fallback
 
 
+def test_default_embeddings_come_from_minilm() -> None:
+    embed = default_config().expert("embed")
+    assert (embed.kind, embed.model, embed.context) == ("embedding", "all-minilm-l6-v2", 512)
+
+
 def test_empty_file_means_embedded_default() -> None:
     assert [e.name for e in parse_config("").experts] == [e.name for e in default_config().experts]
 

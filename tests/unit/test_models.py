@@ -59,7 +59,7 @@ def test_bad_model_paths_explain(tmp_path: Path) -> None:
     truncated.write_bytes(write_tiny_gguf(tmp_path / "whole.gguf").read_bytes()[:40])
     with pytest.raises(ModelFileError, match="damaged"):
         read_gguf_info(truncated)
-    with pytest.raises(ModelFileError, match="not a bundled model"):
+    with pytest.raises(ModelFileError, match=r"not a bundled model \(gemma3-270m, all-minilm-l6-v2\)"):
         Catalog(tmp_path).resolve("no-such-model")
 
 

@@ -1,14 +1,15 @@
-"""The model catalog: bundled models by id, local GGUF files by path, and whether each fits a node."""
+"""The model catalog: bundled and converted models by id, local GGUF files by path, and whether each fits."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from corral.errors import ModelFileError
 from corral.hardware import NodeProfile
+from corral.models import minilm
 from corral.models.bundled import GEMMA3_270M, BundledWeights, Progress, assemble
 from corral.models.gguf_info import GGUFInfo, read_gguf_info
 
@@ -51,9 +52,28 @@ BUNDLED: dict[str, BundledModel] = {
 
 
 @dataclass(frozen=True)
+class ConvertedModel:
+    """A model shipped in another format, converted to GGUF in the models dir on first use."""
+
+    filename: str
+    build: Callable[[Path, Progress | None], Path]  # (models dir, progress) -> the GGUF path
+    description: str
+    prompt_format: PromptFormat = NATIVE
+
+
+CONVERTED: dict[str, ConvertedModel] = {
+    minilm.MODEL_ID: ConvertedModel(
+        minilm.FILENAME,
+        minilm.ensure_gguf,
+        "all-MiniLM-L6-v2 (BERT, F16): sentence embeddings, 384 dimensions, mean pooling",
+    ),
+}
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     id: str
-    source: str  # "bundled" or "local"
+    source: str  # "bundled", "converted" or "local"
     info: GGUFInfo
     prompt_format: PromptFormat = NATIVE
     description: str = ""
@@ -121,11 +141,17 @@ class Catalog:
             entry = ModelEntry(
                 ref, "bundled", read_gguf_info(path), bundled.prompt_format, bundled.description
             )
+        elif ref in CONVERTED:
+            converted = CONVERTED[ref]
+            path = converted.build(self.models_dir, self._progress)
+            entry = ModelEntry(
+                ref, "converted", read_gguf_info(path), converted.prompt_format, converted.description
+            )
         else:
             path = Path(ref).expanduser()
             if not path.suffix == ".gguf" and not path.exists():
                 raise ModelFileError(
-                    f"unknown model {ref!r}: not a bundled model ({', '.join(BUNDLED)}) "
+                    f"unknown model {ref!r}: not a bundled model ({', '.join([*BUNDLED, *CONVERTED])}) "
                     "and not a path to a .gguf file"
                 )
             info = read_gguf_info(path)
@@ -134,9 +160,10 @@ class Catalog:
         return entry
 
     def discover(self, extra_refs: Iterable[str] = ()) -> list[ModelEntry | ModelFileError]:
-        """Bundled models, GGUF files dropped in the models dir, and the refs given."""
-        refs: list[str] = list(BUNDLED)
+        """Bundled and converted models, GGUF files dropped in the models dir, and the refs given."""
+        refs: list[str] = [*BUNDLED, *CONVERTED]
         bundled_files = {b.weights.filename for b in BUNDLED.values()}
+        bundled_files |= {c.filename for c in CONVERTED.values()}
         if self.models_dir.is_dir():
             refs += [str(p) for p in sorted(self.models_dir.glob("*.gguf")) if p.name not in bundled_files]
         refs += [r for r in extra_refs if r not in refs]
