@@ -139,7 +139,9 @@ def compile_workflow(spec: WorkflowSpec) -> CompiledWorkflow:
             except ValueError as exc:
                 problems.append(f"node {node_id!r} input {name!r}: {exc}")
                 continue
-            if ref is None:
+            if ref is None and isinstance(value, dict | list) and _refs_in(value):
+                bindings[name] = Binding("struct", value=value)
+            elif ref is None:
                 bindings[name] = Binding("literal", value=literal(value))
             elif ref[0] in ("inputs", "vars"):
                 if ref[1] is None:
@@ -196,6 +198,22 @@ def load_workflow(text: str, source: str = "workflow") -> CompiledWorkflow:
 # --- checks ----------------------------------------------------------------------------------
 
 
+def _refs_in(value: Any) -> list[tuple[str, str | None]]:
+    """The references inside a literal object or list (e.g. `{url: $inputs.url}`)."""
+    found: list[tuple[str, str | None]] = []
+    if isinstance(value, dict):
+        for item in value.values():
+            found.extend(_refs_in(item))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(_refs_in(item))
+    else:
+        ref = parse_reference(value)
+        if ref is not None:
+            found.append(ref)
+    return found
+
+
 def _suggest(name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -239,12 +257,14 @@ def _edges(spec: WorkflowSpec, nodes: dict[str, CompiledNode], problems: list[st
     for node_id, node in nodes.items():
         if node_id in targets:
             continue
-        for binding in node.bindings.values():
-            if binding.kind == "node" and binding.name in nodes and binding.name != node_id:
-                key = (binding.name, node_id, None)
+        sources = [b.name for b in node.bindings.values() if b.kind == "node"]
+        sources += [r[0] for b in node.bindings.values() if b.kind == "struct" for r in _refs_in(b.value)]
+        for source_id in sources:
+            if source_id in nodes and source_id != node_id:
+                key = (source_id, node_id, None)
                 if key not in seen:
                     seen.add(key)
-                    edges.append(Edge(len(edges), binding.name, node_id, None, implicit=True))
+                    edges.append(Edge(len(edges), source_id, node_id, None, implicit=True))
     return edges
 
 
@@ -366,6 +386,21 @@ def _check_bindings(
             continue
         want: PortType = port.type if port else "any"
         have: PortType | None = None
+        if binding.kind == "struct":
+            for ref_name, ref_port in _refs_in(binding.value):
+                if ref_name == "inputs" and ref_port not in spec.inputs:
+                    problems.append(f"{label} input {name!r} reads $inputs.{ref_port}, which is not declared")
+                elif ref_name == "vars" and ref_port not in declared_vars:
+                    problems.append(f"{label} input {name!r} reads $vars.{ref_port}, which no node sets")
+                elif ref_name not in ("inputs", "vars") and ref_name not in ancestors:
+                    problems.append(
+                        f"{label} input {name!r} reads ${ref_name}, which does not run before it; add an "
+                        f"edge (or a path) from {ref_name} to {node.id}"
+                    )
+            have = "list" if isinstance(binding.value, list) else "object"
+            if not compatible(have, want):
+                problems.append(f"{label} input {name!r} must be {want}, but its binding gives {have}")
+            continue
         if binding.kind == "literal":
             if not check_value(binding.value, want):
                 problems.append(

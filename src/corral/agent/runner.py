@@ -31,6 +31,7 @@ from typing import Any
 from corral.agent.events import EventBus
 from corral.agent.graph import CompiledNode, CompiledWorkflow, Edge
 from corral.agent.nodes.base import NodeContext, NodeFailure, NodeResult, check_value
+from corral.agent.schema import literal, parse_reference
 from corral.agent.services import AgentServices
 from corral.agent.store import RunRecord, RunStore, StepRecord
 from corral.errors import BadRequestError, NotFoundError
@@ -438,6 +439,8 @@ class _Execution:
         for name, binding in node.bindings.items():
             if binding.kind == "literal":
                 value = binding.value
+            elif binding.kind == "struct":
+                value = self._fill(binding.value)
             elif binding.kind == "inputs":
                 value = self.inputs.get(binding.name)
             elif binding.kind == "vars":
@@ -462,6 +465,22 @@ class _Execution:
             if port.name not in values:
                 values[port.name] = _copy(port.default)
         return values
+
+    def _fill(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self._fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._fill(v) for v in value]
+        ref = parse_reference(value)
+        if ref is None:
+            return literal(value)
+        name, port = ref
+        if name == "inputs":
+            return self.inputs.get(port or "")
+        if name == "vars":
+            return self.vars.get(port or "")
+        outputs = self.outputs.get(name) or {}
+        return outputs if port is None else outputs.get(port)
 
     def _var_updates(self, node: CompiledNode, outputs: dict[str, Any]) -> dict[str, Any]:
         if not node.spec.set and not node.spec.append:

@@ -167,6 +167,24 @@ class Proxy:
         started = time.perf_counter()
         raw = await read_body(request, self.max_body_bytes)
         body = parse_body(raw)
+        return await self.serve(endpoint, body, raw, request=request, started=started)
+
+    async def call(self, endpoint: Endpoint, body: dict[str, Any]) -> Response:
+        """The same routing, failover and accounting for a caller inside corral (the agent's
+        LLM nodes): no HTTP hop back into the gateway. A streamed answer is a RelayResponse
+        whose `relay` the caller iterates and closes."""
+        return await self.serve(endpoint, body, json.dumps(body).encode())
+
+    async def serve(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        raw: bytes,
+        *,
+        request: Request | None = None,
+        started: float | None = None,
+    ) -> Response:
+        started = time.perf_counter() if started is None else started
         validate(endpoint, body)
         choice = self.router.resolve(body.get("model"), endpoint.kind, lambda: routing_text(body))
         self.metrics.routes.labels(choice.method, choice.expert).inc()
@@ -207,7 +225,7 @@ class Proxy:
 
     async def _dispatch(
         self,
-        request: Request,
+        request: Request | None,
         endpoint: Endpoint,
         body: dict[str, Any],
         raw: bytes,
@@ -281,7 +299,7 @@ class Proxy:
 
     async def _open(
         self,
-        request: Request,
+        request: Request | None,
         backend: Backend,
         endpoint: Endpoint,
         body: dict[str, Any],
@@ -289,6 +307,8 @@ class Proxy:
         expert: str,
     ) -> BackendResponse:
         payload = self._payload(body, raw, backend, expert)
+        if request is None:  # an in-process caller cancels by cancelling its task
+            return await backend.open(endpoint.path, payload)
         response: BackendResponse = await _unless_disconnected(request, backend.open(endpoint.path, payload))
         return response
 

@@ -57,6 +57,7 @@ class LlmNode(NodeType):
         Port("prompt", "string", "a user prompt", required=False),
         Port("messages", "messages", "a chat history (OpenAI messages)", required=False),
         Port("system", "string", "a system prompt", required=False),
+        Port("model", "string", "the expert to use, overriding params.model", required=False),
     )
     outputs = (
         Port("text", "string", "the generated text"),
@@ -76,7 +77,7 @@ class LlmNode(NodeType):
             raise NodeFailure("give the llm node a `prompt` or `messages` with a user message")
         request = LLMRequest(
             messages,
-            model=params.model or ctx.services.settings.model,
+            model=inputs.get("model") or params.model or ctx.services.settings.model,
             max_tokens=params.max_tokens,
             temperature=params.temperature,
             stop=list(params.stop),
