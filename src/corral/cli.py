@@ -119,7 +119,7 @@ def up(
         f"Starting {len(engine.replicas)} llama-server replica(s); the API is at "
         f"[bold]http://{bind_host}:{bind_port}/v1[/] (GET /ready says when the models are loaded)."
     )
-    application = create_app(gateway, lambda: engine_lifespan(engine, client))
+    application = create_app(gateway, lambda: engine_lifespan(engine, client, gateway.agent))
     # log_config=None: keep our logging setup (uvicorn's would hide corral's own lines).
     uvicorn.run(
         application,

@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from corral.agent.router_llm import RouterLLM
+from corral.agent.service import AgentService
 from corral.backends import BackendState, HttpBackend
 from corral.config import CorralConfig, ExpertConfig
 from corral.engine.binaries import EngineBinaries, locate
@@ -119,7 +121,24 @@ class Runtime:
             required_experts=tuple(e.name for e in self.config.experts if e.always_loaded),
             max_body_bytes=server.max_body_bytes,
         )
+        gateway.agent = self.agent(gateway)
         return gateway, engine
+
+    def agent(self, gateway: Gateway) -> AgentService:
+        """The agent runtime, calling models in-process through the gateway's Proxy."""
+        settings = self.config.agent
+        embed = settings.memory.embed_expert
+        has_embedder = any(e.name == embed and e.kind == "embedding" for e in self.config.experts)
+        if not has_embedder:
+            log.warning("no embedding expert %r: the agent runs without long-term memory", embed)
+        return AgentService(
+            settings,
+            self.paths.home / "agent",
+            RouterLLM(gateway.proxy),
+            workflows_dir=settings.workflows_dir or self.paths.home / "workflows",
+            status=gateway.status,
+            memory=has_embedder,
+        )
 
 
 def _remote_backend(expert: ExpertConfig, client: httpx.AsyncClient, env: Mapping[str, str]) -> HttpBackend:
@@ -142,7 +161,9 @@ def _remote_backend(expert: ExpertConfig, client: httpx.AsyncClient, env: Mappin
 
 
 @asynccontextmanager
-async def engine_lifespan(engine: Engine, client: httpx.AsyncClient) -> AsyncIterator[None]:
+async def engine_lifespan(
+    engine: Engine, client: httpx.AsyncClient, agent: AgentService | None = None
+) -> AsyncIterator[None]:
     """Serve at once while the replicas load in the background; stop them all on the way out.
 
     Binding first means /health answers during a long model load and /ready says why it is not
@@ -150,7 +171,13 @@ async def engine_lifespan(engine: Engine, client: httpx.AsyncClient) -> AsyncIte
     """
     try:
         engine.start_in_background()
-        yield
+        if agent is not None:
+            await agent.start()
+        try:
+            yield
+        finally:
+            if agent is not None:
+                await agent.stop()
     finally:
         await engine.stop()
         await client.aclose()

@@ -6,7 +6,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,11 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from corral.errors import BadRequestError, NotFoundError
+from corral.gateway.agent_api import AGENT_MODEL, agent_chat, install_agent_routes
 from corral.gateway.auth import KeyRecord, KeyStore, Scope, bearer_token
 from corral.gateway.errors import install_error_handlers
 from corral.gateway.metrics import GatewayMetrics
-from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy
+from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy, parse_body, read_body
 from corral.gateway.router import Router
+
+if TYPE_CHECKING:
+    from corral.agent.service import AgentService
 
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
 
@@ -35,6 +40,12 @@ class Gateway:
     required_experts: tuple[str, ...] = ()
     max_body_bytes: int = 8 * 1024 * 1024
     created: int = field(default_factory=lambda: int(time.time()))
+    agent: AgentService | None = None
+
+    @cached_property
+    def proxy(self) -> Proxy:
+        """The one Proxy: API requests and the agent's in-process LLM calls share its accounting."""
+        return Proxy(self.router, self.metrics, self.stops, self.max_body_bytes)
 
     def status(self) -> dict[str, Any]:
         experts = []
@@ -100,11 +111,14 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
     )
     app.state.gateway = gateway
     install_error_handlers(app)
-    proxy = Proxy(gateway.router, gateway.metrics, gateway.stops, gateway.max_body_bytes)
+    proxy = gateway.proxy
 
     def authorize(request: Request, need: Scope = "user") -> None:
         headers = request.headers
         gateway.keys.verify(bearer_token(headers.get("authorization"), headers.get("x-api-key")), need=need)
+
+    if gateway.agent is not None:
+        install_agent_routes(app, gateway.agent, authorize)
 
     async def forward(request: Request, endpoint: Endpoint) -> Response:
         authorize(request)
@@ -136,6 +150,12 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
                 "corral": {"kind": "router", "description": "mixture-of-experts routing"},
             }
         ]
+        if gateway.agent is not None:
+            description = f"the agent: workflow {gateway.agent.settings.workflow!r} with memory and tools"
+            data.append({
+                "id": AGENT_MODEL, "object": "model", "created": gateway.created, "owned_by": "corral",
+                "corral": {"kind": "agent", "description": description},
+            })  # fmt: skip
         for name, expert in gateway.router.experts.items():
             meta = {"kind": expert.kind, "description": expert.description, "model": expert.model}
             for model_id in [name, *expert.aliases]:
@@ -147,7 +167,15 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(request: Request) -> Response:
-        return await forward(request, CHAT)
+        if gateway.agent is None:
+            return await forward(request, CHAT)
+        authorize(request)
+        started = time.perf_counter()
+        raw = await read_body(request, gateway.max_body_bytes)
+        body = parse_body(raw)
+        if body.get("model") == AGENT_MODEL:
+            return await agent_chat(request, gateway.agent, body)
+        return await proxy.serve(CHAT, body, raw, request=request, started=started)
 
     @app.post("/v1/completions", tags=["openai"])
     async def completions(request: Request) -> Response:
