@@ -108,7 +108,10 @@ def parse_spec(raw: dict[str, Any], source: str = "workflow") -> WorkflowSpec:
         problems = []
         for error in exc.errors():
             loc = ".".join(str(p) for p in error["loc"])
-            problems.append(f"{loc}: {error['msg']}")
+            hint = ""
+            if isinstance(error.get("input"), bool) and "string" in error["msg"]:
+                hint = " (YAML reads yes/no/on/off/true/false as booleans: quote the value)"
+            problems.append(f"{loc}: {error['msg']}{hint}")
         raise WorkflowError(problems, str(raw.get("name") or source)) from None
 
 
