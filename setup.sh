@@ -28,6 +28,20 @@ check_tools() {
   fi
 }
 
+# The agent's shell and python tools run commands in a bubblewrap sandbox; corral works without
+# it, but those two tools then refuse to run.
+ensure_bwrap() {
+  command -v bwrap >/dev/null 2>&1 && return
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing bubblewrap (the sandbox for the agent's shell and python tools)"
+    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; then
+      return
+    fi
+  fi
+  echo "warning: bubblewrap is missing, so the agent's shell and python tools will not run;" \
+    "install it with: sudo apt-get install bubblewrap" >&2
+}
+
 # `uv sync -v` prints the llama.cpp build's cmake lines; show them as one progress line and keep
 # the tail to print if the build fails.
 sync_env() {
@@ -57,9 +71,9 @@ sync_env() {
 main() {
   local command="${1:-}"; shift || true
   case "$command" in
-    up)   check_tools; ensure_uv; sync_env; log "starting corral"; exec "${UV[@]}" run --frozen corral up "$@" ;;
-    test) check_tools; ensure_uv; sync_env; exec bash scripts/test.sh "$@" ;;
-    sync) check_tools; ensure_uv; sync_env ;;
+    up)   check_tools; ensure_bwrap; ensure_uv; sync_env; log "starting corral"; exec "${UV[@]}" run --frozen corral up "$@" ;;
+    test) check_tools; ensure_bwrap; ensure_uv; sync_env; exec bash scripts/test.sh "$@" ;;
+    sync) check_tools; ensure_bwrap; ensure_uv; sync_env ;;
     *)    usage; exit 2 ;;
   esac
 }
