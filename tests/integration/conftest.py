@@ -48,11 +48,11 @@ experts:
     context: 1024
     threads: 1
   - name: embed
-    model: gemma3-270m
+    model: all-minilm-l6-v2
     kind: embedding
     replicas: 1
     slots: 1
-    context: 256
+    context: 512
     threads: 1
 """
 

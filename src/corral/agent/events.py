@@ -107,7 +107,11 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
         self._seq = itertools.count(1)
 
-    def publish(self, type: str, run_id: str, node_id: str = "", data: dict[str, Any] | None = None) -> Event:
+    def publish(
+        self, type: str, run_id: str, node_id: str = "", data: dict[str, Any] | None = None
+    ) -> Event | None:
+        if not self._subscribers:
+            return None  # nobody listens: building the event would be wasted work
         event = Event(type, run_id, node_id, data or {}, time.time(), next(self._seq))
         for subscriber in list(self._subscribers):
             subscriber.offer(event)

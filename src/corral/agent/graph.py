@@ -62,6 +62,11 @@ class CompiledNode:
     is_loop: bool = False
     is_merge: bool = False
 
+    @property
+    def is_join(self) -> bool:
+        """Runs once after all its inputs: a merge, or a dataflow node fed by several nodes."""
+        return self.is_merge or (len(self.in_edges) > 1 and all(e.implicit for e in self.in_edges))
+
 
 @dataclass
 class CompiledWorkflow:
@@ -69,7 +74,7 @@ class CompiledWorkflow:
     nodes: dict[str, CompiledNode]
     edges: list[Edge]
     starts: list[str]
-    ancestors: dict[str, frozenset[str]]  # for merge nodes: who can still reach them
+    ancestors: dict[str, frozenset[str]]  # for join nodes: who can still reach them
 
     @property
     def name(self) -> str:
@@ -190,7 +195,7 @@ def compile_workflow(spec: WorkflowSpec) -> CompiledWorkflow:
         _check_loop(c, nodes, problems)
     if problems:
         raise WorkflowError(problems, spec.name)
-    merges = {n: ancestors_of[n] - {n} for n, c in nodes.items() if c.is_merge}
+    merges = {n: ancestors_of[n] - {n} for n, c in nodes.items() if c.is_join}
     return CompiledWorkflow(spec, nodes, edges, starts, merges)
 
 

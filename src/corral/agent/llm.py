@@ -21,6 +21,7 @@ class LLMRequest:
     temperature: float = 0.7
     stop: list[str] = field(default_factory=list)
     json_schema: dict[str, Any] | None = None  # constrained decoding (llama-server grammar)
+    grammar: str | None = None  # a GBNF grammar (llama-server); wins over json_schema
     tools: list[dict[str, Any]] | None = None  # native OpenAI tool definitions
     extra: dict[str, Any] = field(default_factory=dict)  # passed through in the request body
 

@@ -32,7 +32,9 @@ class RouterLLM:
         }
         if request.stop:
             body["stop"] = request.stop
-        if request.json_schema is not None:
+        if request.grammar is not None:
+            body["grammar"] = request.grammar
+        elif request.json_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": request.json_schema},

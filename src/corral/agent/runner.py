@@ -263,7 +263,7 @@ class _Execution:
         self.counts[node.id] = self.counts.get(node.id, 0) + 1
         if node.is_loop:
             self.loop_iteration[node.id] = int(step.outputs.get("iteration", 0))
-        if node.is_merge:
+        if node.is_join:
             self.arrivals.pop(node.id, None)
         if node.spec.type == "output" and step.status == "ok":
             self.run_outputs.update(step.outputs)
@@ -277,7 +277,7 @@ class _Execution:
         for edge in node.out_edges:
             if edge.when is None or edge.when == step.branch:
                 target = self.wf.nodes[edge.target]
-                if target.is_merge:
+                if target.is_join:
                     self.arrivals.setdefault(target.id, []).append(edge)
                 else:
                     self.queue.append((target.id, edge.index))
@@ -304,19 +304,21 @@ class _Execution:
         status, error = "succeeded", None
         try:
             while self.queue or self.running:
-                while self.queue:
-                    if self.seq + len(self.running) >= self.wf.spec.max_steps:
-                        raise RunFailed(
-                            f"the run reached max_steps ({self.wf.spec.max_steps} node executions); "
-                            "raise `max_steps` in the workflow or check its loops"
-                        )
+                if len(self.queue) == 1 and not self.running:
+                    # One node ready and nothing running: run it inline, no task, no queue hop.
+                    self._check_steps()
                     node_id, trigger = self.queue.popleft()
-                    task = asyncio.get_running_loop().create_task(self._execute(node_id, trigger))
-                    self.running[task] = (node_id, trigger)
-                    task.add_done_callback(done.put_nowait)
-                finished = await done.get()
-                self.running.pop(finished)
-                step = finished.result()
+                    step = await self._execute(node_id, trigger)
+                else:
+                    while self.queue:
+                        self._check_steps()
+                        node_id, trigger = self.queue.popleft()
+                        task = asyncio.get_running_loop().create_task(self._execute(node_id, trigger))
+                        self.running[task] = (node_id, trigger)
+                        task.add_done_callback(done.put_nowait)
+                    finished = await done.get()
+                    self.running.pop(finished)
+                    step = finished.result()
                 self.seq += 1
                 step = StepRecord(
                     self.seq, step.node, step.trigger, step.status, step.branch, step.inputs, step.outputs,
@@ -343,6 +345,13 @@ class _Execution:
         record = self.store.run(self.run_id)
         assert record is not None
         return record
+
+    def _check_steps(self) -> None:
+        if self.seq + len(self.running) >= self.wf.spec.max_steps:
+            raise RunFailed(
+                f"the run reached max_steps ({self.wf.spec.max_steps} node executions); "
+                "raise `max_steps` in the workflow or check its loops"
+            )
 
     async def _stop_running(self) -> None:
         tasks = list(self.running)

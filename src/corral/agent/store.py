@@ -189,18 +189,30 @@ class RunStore:
         out = dumps(outputs) if outputs is not None else None
         self.db.execute(
             "UPDATE runs SET status = ?, outputs = COALESCE(?, outputs), error = ?, updated = ?, "
-            "finished = CASE WHEN ? IN ('succeeded', 'failed', 'cancelled') THEN ? ELSE finished END, "
-            "bytes = bytes + ? WHERE id = ?",
-            (status, out, error, now, status, now, len(out or "") + len(error or ""), run_id),
+            "finished = CASE WHEN ? IN ('succeeded', 'failed', 'cancelled') THEN ? ELSE finished END "
+            "WHERE id = ?",
+            (status, out, error, now, status, now, run_id),
+        )
+        if status not in ACTIVE:
+            self._recount(run_id)
+
+    def _recount(self, run_id: str) -> None:
+        """Fold the run's checkpoint rows into its `steps` and `bytes` columns."""
+        self.db.execute(
+            "UPDATE runs SET steps = (SELECT COUNT(*) FROM steps WHERE run_id = ?1), "
+            "bytes = LENGTH(inputs) + COALESCE(LENGTH(outputs), 0) + COALESCE(LENGTH(error), 0) + "
+            "(SELECT COALESCE(SUM(LENGTH(inputs) + LENGTH(outputs) + LENGTH(var_updates) + "
+            "COALESCE(LENGTH(error), 0)), 0) FROM steps WHERE run_id = ?1) WHERE id = ?1",
+            (run_id,),
         )
 
     def record_step(self, run_id: str, step: StepRecord) -> int:
-        """Checkpoint one completed node (one committed transaction); returns the bytes written."""
+        """Checkpoint one completed node (one committed row); returns the bytes written."""
         inputs, outputs, updates = dumps(step.inputs), dumps(step.outputs), dumps(step.var_updates)
         size = len(inputs) + len(outputs) + len(updates) + len(step.error or "")
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute(
+        # One autocommitted INSERT per checkpoint; the run's step and byte counters are summed
+        # from these rows when the run ends (set_status), so no second page is rewritten here.
+        self.db.execute(
                 "INSERT INTO steps (run_id, seq, node, trigger, status, branch, inputs, outputs, "
                 "var_updates, error, started, finished, attempts) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -209,10 +221,6 @@ class RunStore:
                     updates, step.error, step.started, step.finished, step.attempts,
                 ),
             )  # fmt: skip
-            self.db.execute(
-                "UPDATE runs SET steps = steps + 1, bytes = bytes + ?, updated = ? WHERE id = ?",
-                (size, step.finished, run_id),
-            )
         return size
 
     def steps(self, run_id: str, *, upto: int | None = None) -> list[StepRecord]:
@@ -263,6 +271,8 @@ class RunStore:
         """At start-up: runs still marked active were cut off by a crash; say so (and expire
         their gates). They can be resumed from their last completed node."""
         ids = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE status IN ('running', 'waiting')")]
+        for run_id in ids:
+            self._recount(run_id)
         now = time.time()
         with self.db:
             self.db.execute("BEGIN")

@@ -128,7 +128,7 @@ def compatible(source: PortType, target: PortType) -> bool:
     """Whether a value of port type `source` may feed an input of type `target`."""
     if "any" in (source, target) or source == target:
         return True
-    return (source, target) in {("integer", "number"), ("messages", "list")}
+    return (source, target) in {("integer", "number"), ("messages", "list"), ("list", "messages")}
 
 
 def check_value(value: Any, port_type: PortType) -> bool:

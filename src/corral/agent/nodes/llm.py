@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from corral.agent.grammar import tool_call_grammar
 from corral.agent.llm import LLMClient, LLMRequest
 from corral.agent.nodes.base import NodeContext, NodeFailure, NodeParams, NodeResult, NodeType, Port, register
 from corral.agent.tools.base import ToolSpec
@@ -118,7 +119,7 @@ class RouterNode(NodeType):
 FINAL_ANSWER = ToolSpec(
     "final_answer",
     "Give the final answer to the user and stop.",
-    {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
+    {"type": "object", "properties": {"answer": {"type": "string", "minLength": 1}}, "required": ["answer"]},
 )
 
 TOOL_SYSTEM = (
@@ -141,6 +142,7 @@ class ToolChoiceParams(NodeParams):
     temperature: float = Field(0.2, ge=0, le=2)
     system: str = TOOL_SYSTEM
     result_chars: int = Field(1200, ge=100, description="characters of each tool result shown to the model")
+    offer_final: bool = Field(True, description="offer final_answer; false forces a tool call")
     max_steps_shown: int = Field(6, ge=1)
 
 
@@ -169,7 +171,14 @@ class ToolChoiceNode(NodeType):
     Params = ToolChoiceParams
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any], params: ToolChoiceParams) -> NodeResult:
-        specs = self._specs(ctx, params)
+        denied = {
+            s.get("tool")
+            for s in inputs.get("steps") or []
+            if isinstance(s, dict) and s.get("decision") == "denied"
+        }
+        specs = [s for s in self._specs(ctx, params) if s.name not in denied]  # do without them
+        if not specs:
+            raise NodeFailure("every tool offered here was denied in this run; nothing is left to call")
         messages = self._messages(inputs, params, specs)
         request = LLMRequest(
             messages,
@@ -180,7 +189,7 @@ class ToolChoiceNode(NodeType):
         if params.mode == "native":
             request.tools = [s.openai() for s in specs]
         else:
-            request.json_schema = call_schema(specs)
+            request.grammar = tool_call_grammar([(s.name, s.parameters) for s in specs])
         result = await _llm(ctx).complete(request, ctx.token)
         if result.tool_calls:
             name, arguments = result.tool_calls[0].name, result.tool_calls[0].arguments
@@ -204,6 +213,8 @@ class ToolChoiceNode(NodeType):
         }
         if name == "final_answer":
             outputs["answer"] = str(arguments.get("answer", "")).strip()
+            if not outputs["answer"]:
+                raise NodeFailure("the model gave an empty final answer")
             return NodeResult(outputs, "final")
         return NodeResult(outputs, "tool")
 
@@ -217,6 +228,10 @@ class ToolChoiceNode(NodeType):
             if registry is None or name not in registry.names():
                 continue  # a tool that is not configured on this machine is simply not offered
             specs.append(registry.get(name).spec)
+        if not params.offer_final:
+            if not specs:
+                raise NodeFailure("offer_final is false but none of the tools is available here")
+            return specs
         return [*specs, FINAL_ANSWER]
 
     def _messages(
@@ -241,19 +256,6 @@ class ToolChoiceNode(NodeType):
             status = "result" if step.get("ok") else "error"
             messages.append({"role": "user", "content": f"Tool {step.get('tool')} {status}: {content}"})
         return messages
-
-
-def call_schema(specs: list[ToolSpec]) -> dict[str, Any]:
-    """A JSON schema that admits exactly one call of one of the tools, with valid arguments."""
-    options = []
-    for spec in specs:
-        options.append({
-            "type": "object",
-            "properties": {"tool": {"const": spec.name}, "arguments": dict(spec.parameters)},
-            "required": ["tool", "arguments"],
-            "additionalProperties": False,
-        })  # fmt: skip
-    return {"oneOf": options}
 
 
 def parse_json(text: str) -> Any:

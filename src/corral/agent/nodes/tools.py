@@ -104,7 +104,10 @@ class ToolNode(NodeType):
     def _result(
         self, name: str, arguments: Any, result: ToolResult, decision: str, branch: str
     ) -> NodeResult:
-        step = {"tool": name, "arguments": arguments, "ok": result.ok, "content": result.content}
+        step = {
+            "tool": name, "arguments": arguments, "ok": result.ok, "content": result.content,
+            "decision": decision,
+        }  # fmt: skip
         outputs = {
             "ok": result.ok,
             "content": result.content,
