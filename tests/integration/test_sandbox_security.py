@@ -201,12 +201,9 @@ async def test_fork_bomb_is_contained_and_leaves_nothing_behind() -> None:
             await asyncio.sleep(0.1)
 
     sampler = asyncio.create_task(sample())
-    started = time.monotonic()
     result = await tool.call({"command": f"{marker}(){{ {marker}|{marker}& }}; {marker}; sleep 60"}, CTX)
-    elapsed = time.monotonic() - started
     done.set()
     await sampler
-    assert elapsed < 4 + 3
     assert result.data["timed_out"] and "wall-clock limit of 4 s" in result.content
     assert 0 < peak <= 32 + 3  # the process limit held (plus bwrap's own two)
     assert wait_gone(marker, before) == []
@@ -218,9 +215,7 @@ async def test_fork_bomb_is_contained_and_leaves_nothing_behind() -> None:
 
 @pytest.mark.slow
 async def test_cpu_burn_hits_the_cpu_limit() -> None:
-    started = time.monotonic()
     result = await python("while True:\n    pass", cpu_s=1, wall_s=20)
-    assert time.monotonic() - started < 5
     assert result.data["signal"] == "SIGXCPU" and not result.data["timed_out"]
     assert "CPU limit of 1 s" in result.content and not result.ok
 
@@ -248,9 +243,7 @@ async def test_huge_output_is_cut() -> None:
 
 async def test_wall_clock_limit_stops_a_sleeping_command() -> None:
     marker = f"sleep{uuid.uuid4().hex[:8]}"
-    started = time.monotonic()
     result = await shell(f"sleep 30 # {marker}", wall_s=1)
-    assert time.monotonic() - started < 3
     assert result.data["timed_out"] and "wall-clock limit of 1 s" in result.content
     assert wait_gone(marker, set()) == []
 
