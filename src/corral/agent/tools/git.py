@@ -17,6 +17,7 @@ from typing import Any
 
 from corral.agent.settings import GitConfig
 from corral.agent.tools.base import ToolContext, ToolError, ToolResult, ToolSpec
+from corral.agent.tools.output import read_capped
 
 MAX_OUTPUT_BYTES = 64 * 1024
 TIMEOUT_S = 30.0
@@ -172,19 +173,6 @@ def _git_env() -> dict[str, str]:
     return env
 
 
-async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, bool]:
-    """Read up to `cap` bytes, then drain and drop the rest; (data, truncated)."""
-    data = bytearray()
-    truncated = False
-    while chunk := await stream.read(65536):
-        room = cap - len(data)
-        if room > 0:
-            data += chunk[:room]
-        if len(chunk) > room:
-            truncated = True
-    return bytes(data), truncated
-
-
 async def run_git(
     repo: Path, argv: list[str], stdin: bytes | None, timeout_s: float = TIMEOUT_S
 ) -> tuple[int, str, str, bool]:
@@ -208,7 +196,7 @@ async def run_git(
                 await process.stdin.drain()
                 process.stdin.close()
             (out, truncated), (err, _) = await asyncio.gather(
-                _read_capped(process.stdout, MAX_OUTPUT_BYTES), _read_capped(process.stderr, 8192)
+                read_capped(process.stdout, MAX_OUTPUT_BYTES), read_capped(process.stderr, 8192)
             )
             code = await process.wait()
     except TimeoutError:

@@ -19,6 +19,7 @@ import asyncssh
 
 from corral.agent.settings import SshConfig
 from corral.agent.tools.base import ToolContext, ToolError, ToolResult, ToolSpec
+from corral.agent.tools.output import read_capped
 from corral.errors import ConfigError
 
 HOSTS_KEY = "agent.tools.ssh.hosts"
@@ -167,7 +168,7 @@ class SshTool:
                     process = await conn.create_process(command, encoding=None)
                     process.stdin.write_eof()
                     (out, out_cut), (err, err_cut) = await asyncio.gather(
-                        _read_capped(process.stdout, cap), _read_capped(process.stderr, cap)
+                        read_capped(process.stdout, cap), read_capped(process.stderr, cap)
                     )
                     completed = await process.wait(check=False)
             except TimeoutError:
@@ -199,16 +200,3 @@ class SshTool:
             "truncated": out_cut or err_cut,
         }
         return ToolResult(status == 0, "\n".join(parts), data)
-
-
-async def _read_capped(stream: asyncssh.SSHReader[bytes], cap: int) -> tuple[bytes, bool]:
-    """Read a channel stream to its end, keeping at most `cap` bytes; (data, truncated)."""
-    data = bytearray()
-    truncated = False
-    while chunk := await stream.read(65536):
-        room = cap - len(data)
-        if room > 0:
-            data += chunk[:room]
-        if len(chunk) > room:
-            truncated = True
-    return bytes(data), truncated
