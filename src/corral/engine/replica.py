@@ -64,10 +64,15 @@ class ReplicaSpec:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it if corral dies, even by SIGKILL."""
+    """In the child before exec: ask Linux to SIGKILL it if corral dies, even by SIGKILL.
+
+    SIGKILL, not SIGTERM: llama-server's graceful shutdown can hang on a loaded machine
+    (its HTTP pool waits on connections), and with corral gone nobody would ever follow up.
+    A replica holds nothing that needs flushing, so the kernel's kill loses nothing.
+    """
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 PR_SET_PDEATHSIG = 1
