@@ -117,8 +117,10 @@ def up(
     console.print(_plan_table(runtime, profile))
     console.print(
         f"Starting {len(engine.replicas)} llama-server replica(s); the API is at "
-        f"[bold]http://{bind_host}:{bind_port}/v1[/] (GET /ready says when the models are loaded)."
+        f"[bold]http://{bind_host}:{bind_port}/v1[/] (GET /ready says when the models are loaded); "
+        f"Mission Control is at [bold]http://{bind_host}:{bind_port}/[/]."
     )
+    logging.getLogger().addHandler(gateway.logs)  # the UI's live log panel
     application = create_app(gateway, lambda: engine_lifespan(engine, client, gateway.agent))
     # log_config=None: keep our logging setup (uvicorn's would hide corral's own lines).
     uvicorn.run(

@@ -78,11 +78,25 @@ class ExpertConfig(_Strict):
         return values
 
 
+class UILink(_Strict):
+    name: str = Field(min_length=1, max_length=60)
+    url: str = Field(pattern=r"^https?://", description="an http(s) URL, e.g. your Grafana")
+
+
+class UIConfig(_Strict):
+    """Mission Control, the web UI at `/`."""
+
+    enabled: bool = True
+    session_ttl_s: float = Field(12 * 3600, ge=60, description="how long a browser login lasts")
+    links: list[UILink] = Field(default_factory=list, description="admin UIs shown on the dashboard")
+
+
 class CorralConfig(_Strict):
     version: int = CONFIG_VERSION
     server: ServerConfig = ServerConfig()
     experts: list[ExpertConfig]
     agent: AgentConfig = AgentConfig()
+    ui: UIConfig = UIConfig()
 
     @model_validator(mode="after")
     def _check_references(self, info: ValidationInfo) -> CorralConfig:

@@ -1,13 +1,17 @@
-"""What this machine can do: cores, RAM, CPU flags, free disk and measured tokens/s (NodeProfile)."""
+"""What this machine can do: cores, RAM, CPU flags, free disk and measured tokens/s (NodeProfile),
+and how it is doing now (node_status, process_rss)."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import socket
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -91,3 +95,39 @@ def load_measured_speed(cache: Path, fingerprint: str) -> float | None:
         return None
     value = data.get("tokens_per_second")
     return float(value) if isinstance(value, int | float) else None
+
+
+_BOOT = time.time()
+
+
+def node_status(profile: NodeProfile, role: str = "head") -> dict[str, Any]:
+    """This machine now, for the dashboard: memory and load change, the profile does not."""
+    memory = psutil.virtual_memory()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    return {
+        "name": profile.hostname,
+        "role": role,
+        "cores": profile.cores_logical,
+        "cores_physical": profile.cores_physical,
+        "cpu_model": profile.cpu_model,
+        "cpu_flags": sorted(profile.cpu_flags & frozenset(INTERESTING_FLAGS)),
+        "memory_total": memory.total,
+        "memory_available": memory.available,
+        "load": load,
+        "power": "awake",
+        "tokens_per_second": profile.tokens_per_second,
+        "uptime_s": round(time.time() - _BOOT, 1),
+    }
+
+
+def process_rss(pid: int | None) -> int | None:
+    """Resident memory of a process (a replica), or None when it is gone."""
+    if pid is None:
+        return None
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.Error, OSError):
+        return None

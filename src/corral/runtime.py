@@ -20,9 +20,10 @@ from corral.engine.replica import Replica, ReplicaSpec
 from corral.errors import ConfigError
 from corral.gateway.app import Gateway
 from corral.gateway.auth import KeyStore
+from corral.gateway.logins import LoginBook
 from corral.gateway.registry import LocalRegistry
 from corral.gateway.router import Router, make_balancer
-from corral.hardware import NodeProfile
+from corral.hardware import NodeProfile, node_status, process_rss
 from corral.models.bundled import Progress
 from corral.models.catalog import Catalog, ModelEntry, check_fit
 from corral.paths import CorralPaths
@@ -83,6 +84,8 @@ class Runtime:
         if replica is None:
             return {}
         return {
+            "node": self.profile.hostname,
+            "rss_bytes": process_rss(replica.pid),
             "url": replica.url,
             "pid": replica.pid,
             "threads": replica.spec.threads,
@@ -120,6 +123,11 @@ class Runtime:
             replica_details=self.replica_details,
             required_experts=tuple(e.name for e in self.config.experts if e.always_loaded),
             max_body_bytes=server.max_body_bytes,
+            nodes=lambda: [node_status(self.profile)],
+            links=[link.model_dump() for link in self.config.ui.links],
+        )
+        gateway.logins = LoginBook(
+            gateway.keys, self.paths.home / "logins.json", self.config.ui.session_ttl_s
         )
         gateway.agent = self.agent(gateway)
         return gateway, engine

@@ -3,6 +3,7 @@ version of each kept in the run store so a past run can be resumed or replayed e
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -77,10 +78,13 @@ class WorkflowLibrary:
             raise BadRequestError(
                 f"the definition is named {workflow.name!r} but is saved as {name!r}; make `name:` match"
             )
-        import re
-
         if not re.match(NAME_PATTERN, workflow.name):
-            raise WorkflowError([f"bad workflow name {workflow.name!r}"])
+            raise WorkflowError(
+                [
+                    f"bad workflow name {workflow.name!r}: use letters, digits, '.', '_' or '-', starting "
+                    "with a letter or digit"
+                ]
+            )
         if self.user_dir is not None:
             atomic_write_text(self.user_dir / f"{workflow.name}.yaml", text)
         version = self.store.save_workflow(workflow.name, text)

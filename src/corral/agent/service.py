@@ -21,7 +21,7 @@ from corral.agent.memory.window import SessionWindow
 from corral.agent.runner import RunHandle, Runner
 from corral.agent.services import AgentServices
 from corral.agent.settings import AgentConfig
-from corral.agent.store import RunStore
+from corral.agent.store import RunRecord, RunStore
 from corral.agent.tools.factory import build_registry
 
 log = logging.getLogger("corral.agent")
@@ -70,6 +70,10 @@ class AgentService:
         self._services: AgentServices | None = None
         self._runner: Runner | None = None
         self._library: WorkflowLibrary | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._runner is not None
 
     @property
     def services(self) -> AgentServices:
@@ -142,19 +146,27 @@ class AgentService:
         return self.runner.start(workflow, number, inputs, session=session)
 
     def chat(self, messages: list[dict[str, Any]], session: str = "") -> RunHandle:
-        """Run the default workflow on a conversation; the window keeps the session's turns."""
+        """Run the default workflow on a conversation; the window keeps the session's turns
+        (the user's message now, the answer when the run succeeds), whichever door it came in by."""
         window = self.services.window
         if window is not None and session and messages:
             last = messages[-1]
             if last.get("role") == "user" and isinstance(last.get("content"), str):
                 window.append(session, "user", last["content"])
-        return self.start_run(
+        handle = self.start_run(
             self.settings.workflow, {"messages": messages, "session": session}, session=session
         )
+        if window is not None and session:
+            handle.task.add_done_callback(lambda task: self._remember_answer(session, task))
+        return handle
 
-    def remember_answer(self, session: str, answer: str) -> None:
+    def _remember_answer(self, session: str, task: asyncio.Task[RunRecord]) -> None:
         window = self.services.window
-        if window is not None and session and answer:
+        if window is None or task.cancelled() or task.exception() is not None:
+            return
+        record = task.result()
+        answer = str((record.outputs or {}).get("answer", "")) if record.status == "succeeded" else ""
+        if answer:
             window.append(session, "assistant", answer)
 
 

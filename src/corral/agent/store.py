@@ -248,6 +248,7 @@ class RunStore:
         parent_id: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        since: float | None = None,
     ) -> list[RunRecord]:
         where: list[str] = []
         args: list[Any] = []
@@ -261,6 +262,9 @@ class RunStore:
         if before is not None:
             where.append("created < ?")
             args.append(before)
+        if since is not None:
+            where.append("created >= ?")
+            args.append(since)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self.db.execute(
             f"SELECT {_RUN_COLUMNS} FROM runs {clause} ORDER BY created DESC LIMIT ?", (*args, limit)

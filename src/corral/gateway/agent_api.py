@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import HTTPConnection
 from starlette.responses import Response, StreamingResponse
 
 from corral.agent.events import Event
@@ -20,13 +22,14 @@ from corral.agent.graph import CompiledWorkflow, WorkflowError, load_workflow
 from corral.agent.nodes.base import node_types
 from corral.agent.runner import RunHandle
 from corral.agent.service import AgentService
+from corral.agent.services import Window
 from corral.agent.store import RunRecord
-from corral.errors import AuthError, BadRequestError, CorralError, NoBackendError
+from corral.errors import AuthError, BadRequestError, CorralError, NoBackendError, NotFoundError
 from corral.gateway.auth import Scope
 from corral.gateway.proxy import CHAT, ClientGone, _unless_disconnected, parse_body, read_body, validate
 
 AGENT_MODEL = "corral-agent"
-Authorize = Callable[[Request, Scope], None]
+Authorize = Callable[[HTTPConnection, Scope], Any]
 
 
 class _Body(BaseModel):
@@ -47,6 +50,21 @@ class ReplayBody(_Body):
 class ForkBody(_Body):
     at_seq: int = Field(ge=0, description="keep the steps up to this one")
     inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class SavedMessage(_Body):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(max_length=1_000_000)
+    created_at: float | None = None
+
+
+class SavedSession(BaseModel):
+    """A chat session as `GET /api/sessions/ID/export` writes it; extra fields are ignored."""
+
+    version: Literal[1] = Field(description="the export format's version")
+    kind: Literal["corral-session"]
+    session: str = Field(min_length=1, max_length=200)
+    messages: list[SavedMessage] = Field(max_length=100_000)
 
 
 class GateBody(_Body):
@@ -76,6 +94,12 @@ async def _yaml_text(request: Request) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequestError("the workflow must be UTF-8 text") from None
+
+
+def _issue(problem: str) -> dict[str, Any]:
+    """A validation problem with the node it names, so an editor can mark that node."""
+    match = re.match(r"node '([^']+)'", problem)
+    return {"node": match.group(1) if match else None, "message": problem}
 
 
 def graph_json(workflow: CompiledWorkflow) -> dict[str, Any]:
@@ -126,8 +150,10 @@ def install_agent_routes(app: FastAPI, service: AgentService, authorize: Authori
         try:
             workflow = load_workflow(text)
         except WorkflowError as exc:
-            return {"valid": False, "problems": exc.problems}
-        return {"valid": True, "problems": [], "name": workflow.name, "graph": graph_json(workflow)}
+            return {"valid": False, "problems": exc.problems, "issues": [_issue(p) for p in exc.problems]}
+        return {
+            "valid": True, "problems": [], "issues": [], "name": workflow.name, "graph": graph_json(workflow),
+        }  # fmt: skip
 
     @app.get("/api/workflows/{name}", tags=["agent"])
     async def get_workflow(request: Request, name: str, version: int | None = None) -> dict[str, Any]:
@@ -139,9 +165,18 @@ def install_agent_routes(app: FastAPI, service: AgentService, authorize: Authori
             "versions": service.store.workflow_versions(name), "graph": graph_json(workflow),
         }  # fmt: skip
 
+    @app.post("/api/workflows/save", tags=["agent"])
+    async def save_named_workflow(request: Request) -> dict[str, Any]:
+        """Validate and save a definition (its own `name:`) as a new version; what the editor uses.
+        Admin scope: workflows run tools."""
+        return await _save(request, None)
+
     @app.put("/api/workflows/{name}", tags=["agent"])
     async def save_workflow(request: Request, name: str) -> dict[str, Any]:
-        """Validate and save a definition as a new version. Admin scope: workflows run tools."""
+        """Validate and save a definition under `name` as a new version. Admin scope."""
+        return await _save(request, name)
+
+    async def _save(request: Request, name: str | None) -> dict[str, Any]:
         authorize(request, "admin")
         text = await _yaml_text(request)
         workflow, version = service.library.save(text, name)
@@ -162,11 +197,14 @@ def install_agent_routes(app: FastAPI, service: AgentService, authorize: Authori
         session: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        since: float | None = None,
     ) -> dict[str, Any]:
+        """Past and active runs, newest first; filter by workflow, status, session and creation
+        time (`since` <= created < `before`, epoch seconds)."""
         authorize(request, "user")
         limit = max(1, min(limit, 500))
         records = service.store.runs(
-            workflow=workflow, status=status, session=session, limit=limit, before=before
+            workflow=workflow, status=status, session=session, limit=limit, before=before, since=since
         )
         return {"runs": [run_json(service, r, steps=False) for r in records]}
 
@@ -198,6 +236,62 @@ def install_agent_routes(app: FastAPI, service: AgentService, authorize: Authori
         authorize(request, "user")
         service.runner._record(run_id)
         return {"run_id": run_id, "cancelled": service.runner.cancel(run_id)}
+
+    def window() -> Window:
+        if service.services.window is None:
+            raise NotFoundError("sessions are off: this corral runs without an embedding expert")
+        return service.services.window
+
+    @app.get("/api/sessions", tags=["agent"])
+    async def list_sessions(request: Request) -> dict[str, Any]:
+        """Chat sessions with their message counts, most recently active first."""
+        authorize(request, "user")
+        return {"sessions": window().summaries()}
+
+    @app.get("/api/sessions/{session}", tags=["agent"])
+    async def get_session(request: Request, session: str) -> dict[str, Any]:
+        authorize(request, "user")
+        return {"id": session, "messages": window().messages(session)}
+
+    @app.delete("/api/sessions/{session}", tags=["agent"])
+    async def delete_session(request: Request, session: str) -> dict[str, Any]:
+        """Forget a session's messages (long-term memories stay)."""
+        authorize(request, "user")
+        return {"id": session, "deleted": window().clear(session)}
+
+    @app.get("/api/sessions/{session}/export", tags=["agent"])
+    async def export_session(request: Request, session: str) -> dict[str, Any]:
+        """The session's state as one JSON document: its messages and its runs."""
+        authorize(request, "user")
+        messages = window().messages(session)
+        if not messages:
+            raise NotFoundError(f"no session {session!r} with messages; GET /api/sessions lists them")
+        runs = [r.to_json() for r in service.store.runs(session=session, limit=500)]
+        return {
+            "version": 1, "kind": "corral-session", "session": session, "exported_at": time.time(),
+            "messages": messages, "runs": runs,
+        }  # fmt: skip
+
+    @app.post("/api/sessions/import", tags=["agent"], status_code=201)
+    async def import_session(request: Request) -> dict[str, Any]:
+        """Load a saved session; an id already in use gets a new one (nothing is overwritten)."""
+        authorize(request, "user")
+        data = parse_body(await read_body(request, 16 * 1024 * 1024))
+        try:
+            saved = SavedSession.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise BadRequestError(
+                f"not a saved corral session ({where}: {first['msg']}); use a file from Save state",
+                param=where,
+            ) from None
+        taken = {s["id"] for s in window().summaries()}
+        session, n = saved.session, 2
+        while session in taken:
+            session, n = f"{saved.session}-{n}", n + 1
+        count = window().load(session, [m.model_dump() for m in saved.messages])
+        return {"session": session, "messages": count}
 
     @app.get("/api/gates", tags=["agent"])
     async def list_gates(request: Request) -> dict[str, Any]:
@@ -249,7 +343,7 @@ async def agent_chat(request: Request, service: AgentService, body: dict[str, An
     if body.get("stream"):
         subscription = service.bus.subscribe()
         handle = service.chat(messages, session)
-        stream = _agent_stream(service, handle, subscription, completion_id, created, session)
+        stream = _agent_stream(handle, subscription, completion_id, created)
         headers = {"x-corral-run": handle.run_id, "cache-control": "no-cache"}
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
     handle = service.chat(messages, session)
@@ -259,7 +353,6 @@ async def agent_chat(request: Request, service: AgentService, body: dict[str, An
         handle.cancel()
         return Response(status_code=499)
     answer = _answer_of(record)
-    service.remember_answer(session, answer)
     payload = {
         "id": completion_id, "object": "chat.completion", "created": created, "model": AGENT_MODEL,
         "choices": [
@@ -281,12 +374,7 @@ def _answer_of(record: RunRecord) -> str:
 
 
 async def _agent_stream(
-    service: AgentService,
-    handle: RunHandle,
-    subscription: Any,
-    completion_id: str,
-    created: int,
-    session: str,
+    handle: RunHandle, subscription: Any, completion_id: str, created: int
 ) -> AsyncIterator[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None = None, extra: dict[str, Any] | None = None) -> bytes:
         data: dict[str, Any] = {
@@ -331,7 +419,6 @@ async def _agent_stream(
                     answer = str((event.data.get("outputs") or {}).get("answer", ""))
                     if not streamed and answer:
                         yield chunk({"content": answer})
-                    service.remember_answer(session, answer)
                     yield chunk({}, "stop", {"run_id": handle.run_id})
                 finished = True
                 break
@@ -348,11 +435,8 @@ async def _agent_stream(
 async def _socket(socket: WebSocket, service: AgentService, authorize: Authorize) -> None:
     """Events out; chat messages, workflow runs, approvals and cancels in. Auth by header or
     `?token=` (browsers cannot set headers on a WebSocket)."""
-    token = socket.query_params.get("token")
-    header = socket.headers.get("authorization") or (f"Bearer {token}" if token else None)
     try:
-        fake = _HeaderOnly(header, socket.headers.get("x-api-key"))
-        authorize(fake, "user")  # type: ignore[arg-type]
+        authorize(socket, "user")
     except AuthError as exc:
         await socket.close(code=1008, reason=exc.message[:120])
         return
@@ -377,6 +461,8 @@ async def _socket(socket: WebSocket, service: AgentService, authorize: Authorize
                 )
                 continue
             reply = await _handle_message(service, message, wanted)
+            if isinstance(message, dict) and isinstance(message.get("id"), (int, str)):
+                reply["id"] = message["id"]  # lets a client match replies to its requests
             await socket.send_text(json.dumps(reply, default=str))
     except WebSocketDisconnect:
         pass
@@ -385,13 +471,6 @@ async def _socket(socket: WebSocket, service: AgentService, authorize: Authorize
         sender.cancel()
         with contextlib.suppress(BaseException):
             await sender
-
-
-class _HeaderOnly:
-    """Just enough of a Request for `authorize` to read the key from."""
-
-    def __init__(self, authorization: str | None, api_key: str | None) -> None:
-        self.headers = {k: v for k, v in (("authorization", authorization), ("x-api-key", api_key)) if v}
 
 
 def _wanted(event: Event, wanted: dict[str, Any]) -> bool:

@@ -1,4 +1,5 @@
-"""The FastAPI app: OpenAI routes, health, status and metrics, all behind API keys but /health."""
+"""The FastAPI app: OpenAI routes, health, status and metrics, all behind API keys (or a browser
+login's cookie) but /health; Mission Control's files at `/`."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 
-from corral.errors import BadRequestError, NotFoundError
+from corral.errors import BadRequestError, ForbiddenError, NotFoundError
 from corral.gateway.agent_api import AGENT_MODEL, agent_chat, install_agent_routes
 from corral.gateway.auth import KeyRecord, KeyStore, Scope, bearer_token
 from corral.gateway.errors import install_error_handlers
+from corral.gateway.logbook import LogBook
+from corral.gateway.logins import COOKIE, LoginBook
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy, parse_body, read_body
 from corral.gateway.router import Router
+from corral.gateway.ui_api import install_ui_routes
 
 if TYPE_CHECKING:
     from corral.agent.service import AgentService
@@ -41,6 +46,14 @@ class Gateway:
     max_body_bytes: int = 8 * 1024 * 1024
     created: int = field(default_factory=lambda: int(time.time()))
     agent: AgentService | None = None
+    nodes: Callable[[], list[dict[str, Any]]] = lambda: []
+    links: list[dict[str, str]] = field(default_factory=list)
+    logins: LoginBook = None  # type: ignore[assignment]  # in memory unless `corral up` gives a file
+    logs: LogBook = field(default_factory=LogBook)
+
+    def __post_init__(self) -> None:
+        if self.logins is None:
+            self.logins = LoginBook(self.keys)
 
     @cached_property
     def proxy(self) -> Proxy:
@@ -51,8 +64,10 @@ class Gateway:
         experts = []
         for name, expert in self.router.experts.items():
             replicas = []
+            in_flight = 0
             for backend in self.router.registry.backends(name):
                 s = backend.state
+                in_flight += s.in_flight
                 replicas.append({
                     "name": backend.name,
                     "model": backend.model_id,
@@ -76,9 +91,24 @@ class Gateway:
                 "aliases": expert.aliases,
                 "fallback": expert.fallback,
                 "admitted": self.router.admitted.get(name, 0),
+                "queued": max(0, self.router.admitted.get(name, 0) - in_flight),
                 "replicas": replicas,
             })  # fmt: skip
-        return {"experts": experts}
+        agent: dict[str, Any] | None = None
+        if self.agent is not None and self.agent.started:
+            gates = self.agent.services.gates
+            agent = {
+                "workflow": self.agent.settings.workflow,
+                "active_runs": len(self.agent.runner.active),
+                "pending_gates": len(gates.pending()) if gates else 0,
+            }
+        return {
+            "time": time.time(),
+            "experts": experts,
+            "nodes": self.nodes(),
+            "agent": agent,
+            "links": self.links,
+        }
 
     def readiness(self) -> tuple[bool, list[str]]:
         problems = []
@@ -113,10 +143,19 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
     install_error_handlers(app)
     proxy = gateway.proxy
 
-    def authorize(request: Request, need: Scope = "user") -> None:
-        headers = request.headers
-        gateway.keys.verify(bearer_token(headers.get("authorization"), headers.get("x-api-key")), need=need)
+    def authorize(conn: HTTPConnection, need: Scope = "user") -> KeyRecord:
+        """The key behind a request: an `Authorization`/`X-API-Key` header, a WebSocket's
+        `?token=`, or the browser's login cookie (same-origin only)."""
+        headers = conn.headers
+        token = bearer_token(headers.get("authorization"), headers.get("x-api-key"))
+        if token is None and conn.scope["type"] == "websocket":
+            token = conn.query_params.get("token")
+        if token is None and COOKIE in conn.cookies:
+            _same_origin(conn)
+            return gateway.logins.verify(conn.cookies[COOKIE], need)[0]
+        return gateway.keys.verify(token, need=need)
 
+    install_ui_routes(app, gateway, authorize)
     if gateway.agent is not None:
         install_agent_routes(app, gateway.agent, authorize)
 
@@ -229,6 +268,20 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _same_origin(conn: HTTPConnection) -> None:
+    """A cookie only counts from our own pages: SameSite=Strict stops other sites, and this stops
+    another port on the same host (SameSite ignores ports) from riding on the login."""
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return  # browsers send Origin on every cross-origin request and on every WebSocket
+    host = conn.headers.get("host", "")
+    if origin.split("://", 1)[-1] != host:
+        raise ForbiddenError(
+            f"cross-origin request from {origin} refused; open Mission Control at http://{host}/ "
+            "or send an API key in the Authorization header"
+        )
 
 
 class NewKey(BaseModel):

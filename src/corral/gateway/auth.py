@@ -100,6 +100,10 @@ class KeyStore:
             self._save()
         return record
 
+    def get(self, key_id: str) -> KeyRecord | None:
+        self._load()
+        return self._records.get(key_id)
+
     def has_active(self, scope: Scope | None = None) -> bool:
         return any(r.active and (scope is None or r.scope == scope) for r in self.list())
 

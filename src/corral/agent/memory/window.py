@@ -71,6 +71,36 @@ class SessionWindow:
         with self._lock, self._conn:
             return self._conn.execute("DELETE FROM window_messages WHERE session = ?", (session,)).rowcount
 
+    def messages(self, session: str, limit: int = 10_000) -> list[dict[str, Any]]:
+        """A session's whole log (up to `limit`, the newest kept), oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT role, content, created_at FROM window_messages WHERE session = ? "
+                "ORDER BY id DESC LIMIT ?",
+                (session, limit),
+            ).fetchall()
+        return [{"role": r, "content": c, "created_at": t} for r, c, t in reversed(rows)]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Each session with its message count and last activity, most recent first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT session, count(*), max(created_at) FROM window_messages GROUP BY session "
+                "ORDER BY max(id) DESC"
+            ).fetchall()
+        return [{"id": s, "messages": n, "last_at": t} for s, n, t in rows]
+
+    def load(self, session: str, messages: list[dict[str, Any]]) -> int:
+        """Append saved messages to a session in one transaction (all or nothing)."""
+        rows = [
+            (session, m["role"], m["content"], float(m.get("created_at") or time.time())) for m in messages
+        ]
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT INTO window_messages (session, role, content, created_at) VALUES (?, ?, ?, ?)", rows
+            )
+        return len(rows)
+
     def sessions(self) -> list[str]:
         """Sessions with messages, most recently active first."""
         with self._lock:

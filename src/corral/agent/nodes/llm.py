@@ -63,6 +63,7 @@ class LlmNode(NodeType):
     outputs = (
         Port("text", "string", "the generated text"),
         Port("expert", "string", "the expert that answered"),
+        Port("replica", "string", "the replica that generated it (expert/index)"),
         Port("json", "any", "the parsed answer when json_schema is set"),
     )
     Params = LlmParams
@@ -88,7 +89,8 @@ class LlmNode(NodeType):
         parsed: Any = None
         if params.json_schema is not None:
             parsed = parse_json(result.text)
-        return NodeResult({"text": result.text.strip(), "expert": result.expert, "json": parsed})
+        outputs = {"text": result.text.strip(), "expert": result.expert, "replica": result.replica}
+        return NodeResult({**outputs, "json": parsed})
 
 
 class RouterParams(NodeParams):
@@ -166,6 +168,7 @@ class ToolChoiceNode(NodeType):
         Port("answer", "string", "the final answer (branch `final`)"),
         Port("text", "string", "the model's raw reply"),
         Port("expert", "string"),
+        Port("replica", "string"),
     )
     branches = ("tool", "final")
     Params = ToolChoiceParams
@@ -210,6 +213,7 @@ class ToolChoiceNode(NodeType):
             "answer": "",
             "text": result.text,
             "expert": result.expert,
+            "replica": result.replica,
         }
         if name == "final_answer":
             outputs["answer"] = str(arguments.get("answer", "")).strip()
