@@ -168,7 +168,8 @@ async def test_dimension_change_needs_reembed(tmp_path: Path) -> None:
 
 
 async def test_concurrent_remember_and_recall(tmp_path: Path) -> None:
-    with open_store(tmp_path / "memory.db") as memory:
+    # 256 dimensions: at 64 the fake embedding hashes host17 and host34 to the same bin (a tie)
+    with open_store(tmp_path / "memory.db", dim=256) as memory:
         memory.autosave_every = 5  # saves interleave with the writes
         texts = [f"fact number {i} about host{i}" for i in range(40)]
         recalls = [memory.recall("fact") for _ in range(10)]
