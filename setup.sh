@@ -28,19 +28,27 @@ check_tools() {
   fi
 }
 
-# The agent's shell and python tools run commands in a bubblewrap sandbox; corral works without
-# it, but those two tools then refuse to run.
-ensure_bwrap() {
-  command -v bwrap >/dev/null 2>&1 && return
+# ensure_apt COMMAND PACKAGE WHAT-NEEDS-IT: install a Debian package whose command is missing
+# (as root, with apt-get); otherwise say what will not work and how to install it.
+ensure_apt() {
+  local command="$1" package="$2" needed_by="$3"
+  command -v "$command" >/dev/null 2>&1 && return
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing bubblewrap (the sandbox for the agent's shell and python tools)"
-    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; then
+    log "installing $package ($needed_by)"
+    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null; then
       return
     fi
   fi
-  echo "warning: bubblewrap is missing, so the agent's shell and python tools will not run;" \
-    "install it with: sudo apt-get install bubblewrap" >&2
+  echo "warning: $package is missing ($needed_by); install it with: sudo apt-get install $package" >&2
 }
+
+# The agent's shell and python tools run commands in a bubblewrap sandbox; corral works without
+# it, but those two tools then refuse to run.
+ensure_bwrap() { ensure_apt bwrap bubblewrap "the sandbox for the agent's shell and python tools"; }
+
+# Mission Control's browser tests drive Debian's chromium (Playwright's own browser downloads
+# are not used); only the tests need it.
+ensure_chromium() { ensure_apt chromium chromium "the browser tests of Mission Control"; }
 
 # `uv sync -v` prints the llama.cpp build's cmake lines; show them as one progress line and keep
 # the tail to print if the build fails.
@@ -72,7 +80,7 @@ main() {
   local command="${1:-}"; shift || true
   case "$command" in
     up)   check_tools; ensure_bwrap; ensure_uv; sync_env; log "starting corral"; exec "${UV[@]}" run --frozen corral up "$@" ;;
-    test) check_tools; ensure_bwrap; ensure_uv; sync_env; exec bash scripts/test.sh "$@" ;;
+    test) check_tools; ensure_bwrap; ensure_chromium; ensure_uv; sync_env; exec bash scripts/test.sh "$@" ;;
     sync) check_tools; ensure_bwrap; ensure_uv; sync_env ;;
     *)    usage; exit 2 ;;
   esac
