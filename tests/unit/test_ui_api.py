@@ -49,7 +49,7 @@ def browser(h: Harness) -> httpx.AsyncClient:
 
 async def test_login_sets_a_strict_httponly_cookie_that_authorises_api_calls(harness: Harness) -> None:
     async with browser(harness) as client:
-        assert (await client.get("/api/me")).status_code == 401
+        assert (await client.get("/api/me")).json() == {"authenticated": False}  # no console error
         wrong = await client.post("/api/login", json={"key": "crl_nope_nope"})
         assert wrong.status_code == 401 and "invalid" in wrong.json()["error"]["message"]
         response = await client.post("/api/login", json={"key": harness.key})
@@ -62,7 +62,10 @@ async def test_login_sets_a_strict_httponly_cookie_that_authorises_api_calls(har
         assert me.status_code == 200 and me.json()["name"] == "test"
         assert (await client.get("/api/workflows")).status_code == 200
         assert (await client.get("/api/logs")).status_code == 403  # the log needs an admin
+        token = client.cookies[COOKIE]
         assert (await client.post("/api/logout")).status_code == 200
+        assert (await client.get("/api/me")).json()["authenticated"] is False  # the cookie is gone
+        client.cookies.set(COOKIE, token)  # a tab that still holds the ended session's cookie
         assert (await client.get("/api/me")).status_code == 401
 
 

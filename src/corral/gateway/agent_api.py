@@ -438,6 +438,9 @@ async def _socket(socket: WebSocket, service: AgentService, authorize: Authorize
     try:
         authorize(socket, "user")
     except AuthError as exc:
+        # Accept, then close with 1008 and the reason: a refused handshake would reach a browser
+        # as a bare 1006 with no reason at all.
+        await socket.accept()
         await socket.close(code=1008, reason=exc.message[:120])
         return
     await socket.accept()

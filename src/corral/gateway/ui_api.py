@@ -66,7 +66,8 @@ class _SecurityHeaders:
 
 
 def _me(record: KeyRecord, login: Login | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"key_id": record.id, "name": record.name, "scope": record.scope}
+    out: dict[str, Any] = {"authenticated": True, "key_id": record.id, "name": record.name}
+    out["scope"] = record.scope
     out["expires_at"] = login.expires if login else None
     return out
 
@@ -118,7 +119,11 @@ def install_ui_routes(app: FastAPI, gateway: Gateway, authorize: Authorize) -> N
 
     @app.get("/api/me", tags=["ui"])
     async def me(request: Request) -> dict[str, Any]:
-        """Who this session or key is; 401 when the session has expired."""
+        """Who this session or key is: `{"authenticated": false}` when the request carries no
+        credentials at all (a fresh browser), 401 when they are invalid or the session expired."""
+        headers = request.headers
+        if COOKIE not in request.cookies and not headers.get("authorization") and not headers.get("x-api-key"):
+            return {"authenticated": False}
         record = authorize(request, "user")
         token = request.cookies.get(COOKIE)
         session = None
