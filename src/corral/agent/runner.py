@@ -113,11 +113,9 @@ class Runner:
         return self._launch(execution, resumed=len(steps))
 
     def replay(self, run_id: str, inputs: Mapping[str, Any] | None = None) -> RunHandle:
-        """A new run of the same workflow version with the same inputs, changed by `inputs`."""
-        record = self._record(run_id)
-        workflow = self._workflow(record)
-        merged = {**record.inputs, **(inputs or {})}
-        return self.start(workflow, record.version, merged, session=record.session)
+        """A new run of the same workflow version with the same inputs, changed by `inputs`: a fork
+        at step 0, so its `forked_from` names the run it replays (history shows the lineage)."""
+        return self.fork(run_id, 0, inputs)
 
     def fork(self, run_id: str, at_seq: int, inputs: Mapping[str, Any] | None = None) -> RunHandle:
         """A new run that keeps the first `at_seq` completed steps of a past run and goes on from
