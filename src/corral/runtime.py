@@ -125,6 +125,7 @@ class Runtime:
             max_body_bytes=server.max_body_bytes,
             nodes=lambda: [node_status(self.profile)],
             links=[link.model_dump() for link in self.config.ui.links],
+            ui=self.config.ui.enabled,
         )
         gateway.logins = LoginBook(
             gateway.keys, self.paths.home / "logins.json", self.config.ui.session_ttl_s

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from corral.gateway.app import Gateway, create_app
 from corral.gateway.auth import KeyStore
@@ -40,11 +41,16 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         await h.service.stop()
 
 
-def browser(h: Harness) -> httpx.AsyncClient:
+def browser(h: Harness | FastAPI) -> httpx.AsyncClient:
     """A client that, like a browser, sends no key header: only what the cookie jar holds."""
+    app = h if isinstance(h, FastAPI) else h.app
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=h.app), base_url=ORIGIN, headers={"origin": ORIGIN}, timeout=30
+        transport=httpx.ASGITransport(app=app), base_url=ORIGIN, headers={"origin": ORIGIN}, timeout=30
     )
+
+
+def create_harness_app(h: Harness) -> FastAPI:
+    return create_app(h.gateway)
 
 
 async def test_login_sets_a_strict_httponly_cookie_that_authorises_api_calls(harness: Harness) -> None:
@@ -111,6 +117,10 @@ async def test_ui_files_are_served_with_csp_and_compressed(harness: Harness) -> 
         module = await client.get("/ui/vendor/cytoscape.esm.min.js")
         assert "javascript" in module.headers["content-type"]
         assert (await client.get("/ui/nope.js")).status_code == 404
+    harness.gateway.ui = False  # `ui: {enabled: false}`: the API without the pages
+    async with browser(create_harness_app(harness)) as client:
+        assert (await client.get("/")).status_code == 404
+        assert (await client.post("/api/login", json={"key": harness.key})).status_code == 200
 
 
 async def test_status_reports_nodes_links_queue_and_agent(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ class Gateway:
     agent: AgentService | None = None
     nodes: Callable[[], list[dict[str, Any]]] = lambda: []
     links: list[dict[str, str]] = field(default_factory=list)
+    ui: bool = True  # serve Mission Control's files at `/` (its API routes are there either way)
     logins: LoginBook = None  # type: ignore[assignment]  # in memory unless `corral up` gives a file
     logs: LogBook = field(default_factory=LogBook)
 

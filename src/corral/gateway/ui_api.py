@@ -122,7 +122,8 @@ def install_ui_routes(app: FastAPI, gateway: Gateway, authorize: Authorize) -> N
         """Who this session or key is: `{"authenticated": false}` when the request carries no
         credentials at all (a fresh browser), 401 when they are invalid or the session expired."""
         headers = request.headers
-        if COOKIE not in request.cookies and not headers.get("authorization") and not headers.get("x-api-key"):
+        has_key = headers.get("authorization") or headers.get("x-api-key")
+        if COOKIE not in request.cookies and not has_key:
             return {"authenticated": False}
         record = authorize(request, "user")
         token = request.cookies.get(COOKIE)
@@ -161,8 +162,8 @@ def install_ui_routes(app: FastAPI, gateway: Gateway, authorize: Authorize) -> N
         return _event_stream(request, lines())
 
     index = STATIC / "index.html"
-    if not index.is_file():
-        return  # an install without the UI files still serves the API
+    if not gateway.ui or not index.is_file():
+        return  # `ui: {enabled: false}`, or an install without the UI files: the API only
 
     static = _SecurityHeaders(GZipMiddleware(StaticFiles(directory=STATIC), minimum_size=512))
     app.mount("/ui", static, name="ui")
