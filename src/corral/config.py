@@ -24,6 +24,7 @@ from pydantic import (
 
 from corral.agent.settings import AgentConfig
 from corral.errors import ConfigError
+from corral.voice.settings import VoiceConfig
 
 CONFIG_VERSION = 1
 BUNDLED_MODEL = "gemma3-270m"
@@ -97,6 +98,7 @@ class CorralConfig(_Strict):
     experts: list[ExpertConfig]
     agent: AgentConfig = AgentConfig()
     ui: UIConfig = UIConfig()
+    voice: VoiceConfig = VoiceConfig()
 
     @model_validator(mode="after")
     def _check_references(self, info: ValidationInfo) -> CorralConfig:
