@@ -3,18 +3,8 @@
 // answered in place; a live log runs beside it for admins.
 
 import { download, pickFile } from "./api.js";
+import { h } from "./dom.js";
 
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") el.className = value;
-    else if (key === "testid") el.dataset.testid = value;
-    else el.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children) if (child !== null && child !== undefined) el.append(child);
-  return el;
-}
 
 const pretty = (value) => (typeof value === "string" ? value : JSON.stringify(value, null, 2) ?? "");
 

@@ -2,17 +2,7 @@
 // message a second; first paint from GET /api/status). Rows are updated in place, so a hover
 // tooltip or a text selection survives the next tick.
 
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") el.className = value;
-    else if (key === "testid") el.dataset.testid = value;
-    else el.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children) if (child !== null && child !== undefined) el.append(child);
-  return el;
-}
+import { h } from "./dom.js";
 
 function setText(el, text) {
   text = String(text);

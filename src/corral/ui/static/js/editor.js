@@ -17,55 +17,12 @@ const TOP_KEYS = ["version", "name", "description", "inputs", "vars", "nodes", "
 const ROW = 22; // px per port row; keep in step with views.css (.ed-node .dfn-row, .input, .output)
 
 // ---------------------------------------------------------------------------------------------
-// DOM helpers (this module stays free of Cytoscape, so it does not import graph.js)
+// DOM helpers: dom.js (this module stays free of Cytoscape, so it does not import graph.js)
 
-function h(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key === "testid") node.dataset.testid = value;
-    else if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
-    else if (key === "value" || key === "checked" || key === "disabled" || key === "hidden" || key === "selected") node[key] = value;
-    else node.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children.flat(Infinity)) {
-    if (child === undefined || child === null || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
+import { ensureCss, h, loadScript } from "./dom.js";
 
 function esc(text) {
   return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-}
-
-const loading = new Map();
-function loadScript(src, globalName) {
-  if (window[globalName]) return Promise.resolve(window[globalName]);
-  if (!loading.has(src)) {
-    loading.set(
-      src,
-      new Promise((resolve, reject) => {
-        const script = document.createElement("script");
-        script.src = src;
-        script.addEventListener("load", () => resolve(window[globalName]));
-        script.addEventListener("error", () => {
-          loading.delete(src);
-          script.remove();
-          reject(new Error(`could not load ${src}; reload the page`));
-        });
-        document.head.append(script);
-      }),
-    );
-  }
-  return loading.get(src);
-}
-
-function ensureCss(href) {
-  if (document.querySelector(`link[data-corral-css="${href}"]`)) return;
-  document.head.append(h("link", { rel: "stylesheet", href, dataset: { corralCss: href } }));
 }
 
 const clone = (value) => (value === undefined ? undefined : JSON.parse(JSON.stringify(value)));
