@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,20 +25,10 @@ from corral.gateway.logbook import LogBook
 from corral.gateway.logins import COOKIE, LoginBook
 from corral.gateway.registry import LocalRegistry
 from corral.gateway.router import Router
-from corral.testing import FakeBackend, FakeLLM
-from tests.unit.test_agent_api import EXPERTS, GATED, Harness
+from corral.testing import FakeBackend
+from tests.unit.conftest import EXPERTS, GATED, Harness
 
 ORIGIN = "http://corral"
-
-
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(tmp_path, FakeLLM(default='{"tool": "final_answer", "arguments": {"answer": "hello there"}}'))
-    await h.service.start()
-    try:
-        yield h
-    finally:
-        await h.service.stop()
 
 
 def browser(h: Harness | FastAPI) -> httpx.AsyncClient:
