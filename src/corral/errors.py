@@ -11,6 +11,7 @@
     ├── RetryLaterError            overloaded or warming up: retry after a delay (HTTP 429 / 503)
     │   ├── QueueFullError         the bounded queue is full (HTTP 429 + Retry-After)
     │   └── NoBackendError         no healthy replica or fallback right now (HTTP 503)
+    ├── RunFailedError             an agent run failed: look at the run, resume it (HTTP 502, no retry)
     └── ConfigError                corral.yaml or a CLI argument is wrong (CLI exit 2)
         └── ModelFileError         a GGUF path is missing, unreadable or not GGUF
 
@@ -86,6 +87,15 @@ class QueueFullError(RetryLaterError):
 
 class NoBackendError(RetryLaterError):
     code = "no_backend"
+
+
+class RunFailedError(CorralError):
+    """An agent run behind a chat completion failed. Not retried by clients: a rerun would repeat
+    the run's tool calls; GET /api/runs/ID shows where it failed and resume continues it."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "run_failed"
 
 
 class ConfigError(CorralError):

@@ -177,3 +177,40 @@ async def test_router_llm_streams_through_the_proxy_and_routes(tmp_path: Path) -
     assert llm.route("fix this python code bug").expert == "code"
     vectors = await llm.embed(["a"], "embed")  # FakeBackend answers one vector
     assert len(vectors) == 1 and len(vectors[0]) > 1
+
+
+BOOM = """
+name: boom
+inputs:
+  messages: {type: messages}
+  session: {type: string, required: false, default: ""}
+nodes:
+  fail: {type: llm, in: {system: "a system prompt and no user message: the node fails"}}
+  out: {type: output, in: {answer: $fail.text}}
+"""
+
+
+async def test_a_failed_agent_run_is_a_502_the_openai_sdk_does_not_rerun(tmp_path: Path) -> None:
+    import openai
+
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "wf" / "boom.yaml").write_text(BOOM)
+    harness = Harness(tmp_path, FakeLLM())
+    harness.service.settings = harness.service.settings.model_copy(update={"workflow": "boom"})
+    await harness.service.start()
+    try:
+        transport = httpx.ASGITransport(app=harness.app)
+        client = openai.AsyncOpenAI(
+            base_url="http://corral/v1", api_key=harness.key,
+            http_client=httpx.AsyncClient(transport=transport, base_url="http://corral"),
+        )  # fmt: skip
+        with pytest.raises(openai.APIStatusError) as failed:
+            await client.chat.completions.create(
+                model="corral-agent", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert failed.value.status_code == 502
+        assert failed.value.response.headers["x-should-retry"] == "false"
+        assert "resume" in str(failed.value)
+        assert len(harness.service.store.runs(workflow="boom")) == 1  # started once, not three times
+    finally:
+        await harness.service.stop()

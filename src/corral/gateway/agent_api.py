@@ -24,7 +24,7 @@ from corral.agent.runner import RunHandle
 from corral.agent.service import AgentService
 from corral.agent.services import Window
 from corral.agent.store import RunRecord
-from corral.errors import AuthError, BadRequestError, CorralError, NoBackendError, NotFoundError
+from corral.errors import AuthError, BadRequestError, CorralError, NotFoundError, RunFailedError
 from corral.gateway.auth import Scope
 from corral.gateway.proxy import CHAT, ClientGone, _unless_disconnected, parse_body, read_body, validate
 
@@ -365,10 +365,9 @@ async def agent_chat(request: Request, service: AgentService, body: dict[str, An
 
 def _answer_of(record: RunRecord) -> str:
     if record.status != "succeeded":
-        raise NoBackendError(
+        raise RunFailedError(
             f"the agent run {record.id} {record.status}: {record.error}; GET /api/runs/{record.id} shows "
-            "where, and POST /api/runs/{id}/resume continues it",
-            retry_after_s=2.0,
+            f"where, and POST /api/runs/{record.id}/resume continues it"
         )
     return str((record.outputs or {}).get("answer", ""))
 

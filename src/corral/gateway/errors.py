@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from corral.errors import CorralError, RetryLaterError
+from corral.errors import CorralError, RetryLaterError, RunFailedError
 
 log = logging.getLogger("corral.gateway")
 
@@ -39,6 +39,8 @@ def error_response(err: CorralError) -> Response:
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after_s)))
     if err.status_code == 401:
         headers["www-authenticate"] = "Bearer"
+    if isinstance(err, RunFailedError):
+        headers["x-should-retry"] = "false"  # the openai SDKs honour it: no automatic rerun
     return Response(
         error_body(err.message, err.error_type, code=err.code, param=err.param),
         status_code=err.status_code,
