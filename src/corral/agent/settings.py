@@ -107,7 +107,6 @@ class AgentConfig(_Strict):
     workflow: str = Field("agent", description="the workflow the `corral-agent` model runs")
     workflows_dir: Path | None = Field(None, description="user workflows; default $CORRAL_HOME/workflows")
     model: str = Field("auto", description="the expert the agent's LLM nodes use unless a node says")
-    max_steps: int = Field(6, ge=1, le=100, description="tool steps before the agent must answer")
     gate_timeout_s: float = Field(300.0, gt=0, description="how long an approval waits before denying")
     history: HistoryConfig = HistoryConfig()
     memory: MemoryConfig = MemoryConfig()
