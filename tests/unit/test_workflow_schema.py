@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from corral.agent.graph import WorkflowError, load_workflow
@@ -108,3 +110,12 @@ def test_shipped_workflows_are_valid() -> None:
     summaries = WorkflowLibrary(RunStore(":memory:")).summaries()
     assert {s["name"] for s in summaries} >= {"agent", "moe", "summarise"}
     assert all(s["valid"] for s in summaries), summaries
+
+
+def test_a_file_whose_name_differs_from_its_file_name_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "mine.yaml").write_text("name: other\nnodes:\n  a: {type: pass}\n")
+    library = WorkflowLibrary(RunStore(":memory:"), tmp_path, shipped=False)
+    [summary] = library.summaries()
+    assert summary["valid"] is False and "mine.yaml says `name: other`" in summary["problems"][0]
+    with pytest.raises(WorkflowError, match="make the name and the file name the same"):
+        library.get("mine")

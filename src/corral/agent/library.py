@@ -62,7 +62,14 @@ class WorkflowLibrary:
             stored = self.store.workflow(name, version)
             if stored is None:
                 raise NotFoundError(f"workflow {name!r} has no version {version}")
-            self._compiled[key] = load_workflow(stored[1], name)
+            compiled = load_workflow(stored[1], name)
+            if compiled.name != name:
+                # Runs record the workflow by name; a mismatch could never be resumed or replayed.
+                raise WorkflowError([
+                    f"the file {name}.yaml says `name: {compiled.name}`; make the name and the file "
+                    "name the same"
+                ], name)
+            self._compiled[key] = compiled
         return self._compiled[key], version
 
     def text(self, name: str, version: int | None = None) -> tuple[str, int]:
