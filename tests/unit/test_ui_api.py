@@ -255,3 +255,25 @@ def test_log_stream_replays_then_follows(served: tuple[str, str, str, Gateway]) 
         logger.removeHandler(gateway.logs)
     assert [data["message"] for _, data in events] == ["before anyone listened", "said while streaming"]
     assert events[0][1]["level"] == "WARNING"
+
+
+async def test_a_client_that_sends_only_its_newest_message_gets_the_session_history(
+    harness: Harness,
+) -> None:
+    async with harness.client() as client:
+        for text in ("my name is Ada", "what is my name?"):
+            body = {"model": "corral-agent", "user": "s9", "messages": [{"role": "user", "content": text}]}
+            assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        full = [
+            {"role": "user", "content": "a whole history"},
+            {"role": "assistant", "content": "sent by the client"},
+            {"role": "user", "content": "the OpenAI way"},
+        ]
+        body = {"model": "corral-agent", "user": "s9", "messages": full}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    second, third = sorted(harness.service.store.runs(session="s9"), key=lambda r: r.created)[1:]
+    assert [m["content"] for m in second.inputs["messages"]] == [
+        "my name is Ada", "hello there", "what is my name?",
+    ]  # fmt: skip
+    assert second.inputs["messages"][1]["role"] == "assistant"
+    assert third.inputs["messages"] == full  # a full history is taken as it is

@@ -147,11 +147,19 @@ class AgentService:
 
     def chat(self, messages: list[dict[str, Any]], session: str = "") -> RunHandle:
         """Run the default workflow on a conversation; the window keeps the session's turns
-        (the user's message now, the answer when the run succeeds), whichever door it came in by."""
+        (the user's message now, the answer when the run succeeds), whichever door it came in by.
+
+        A client that sends only its newest message (Mission Control, voice, a WebSocket) gets
+        the session's recent turns put in front of it; a client that sends a whole history (the
+        OpenAI way) is taken as it is."""
         window = self.services.window
         if window is not None and session and messages:
             last = messages[-1]
             if last.get("role") == "user" and isinstance(last.get("content"), str):
+                if len(messages) == 1:
+                    limits = self.settings.memory
+                    earlier = window.window(session, limits.window_messages, limits.window_chars)
+                    messages = [*earlier, *messages]
                 window.append(session, "user", last["content"])
         handle = self.start_run(
             self.settings.workflow, {"messages": messages, "session": session}, session=session
