@@ -1,12 +1,15 @@
-"""The `corral` command line: up, status, models, keys."""
+"""The `corral` command line: up, status, models, keys, voice."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +33,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+voice_app = typer.Typer(help="Speech in and out: serve corral's STT and TTS.", no_args_is_help=True)
+app.add_typer(voice_app, name="voice")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -133,7 +138,7 @@ def up(
     )
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, setting: str = "server.port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -142,7 +147,7 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {host}:{port} ({exc.strerror}); stop what uses it or pass "
-                "--port (or set server.port in corral.yaml)"
+                f"--port (or set {setting} in corral.yaml)"
             ) from None
 
 
@@ -270,6 +275,87 @@ def models(
             f"with {context} tokens of context",
         )  # fmt: skip
     console.print(table)
+    console.print(_voice_models_table(paths, cfg, profile))
+
+
+def _voice_models_table(paths: CorralPaths, cfg: CorralConfig, profile: NodeProfile) -> Table:
+    """The speech models (`corral models`): which one voice.stt picks on this CPU, and their state."""
+    from corral.voice.assets import voice_models
+    from corral.voice.stt import choose_stt_engine
+
+    try:
+        stt_engine: str = choose_stt_engine(cfg.voice.stt.engine, profile.cpu_flags)
+        stt_note = ""
+    except ConfigError as err:
+        stt_engine, stt_note = "", err.message
+    table = Table(title="voice models")
+    for column in ("model", "kind", "engine", "size", "state", "used", "where"):
+        table.add_column(column)
+    for model in voice_models(paths.models):
+        if model.kind == "stt":
+            used = "yes" if model.engine == stt_engine else (stt_note or "no")
+        else:
+            used = "yes" if model.id == cfg.voice.tts.voice else "no"
+        table.add_row(
+            model.id, model.kind, model.engine, f"{model.size_bytes / 1024**2:.0f} MiB",
+            model.state if model.ok else f"[red]{model.state}[/]", used,
+            str(model.where) if model.where else "-",
+        )  # fmt: skip
+    return table
+
+
+@voice_app.command("wyoming")
+def voice_wyoming(
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="listen address (default: voice.wyoming.host)")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="listen port (default: voice.wyoming.port)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Serve corral's speech to text and text to speech over Wyoming (for Home Assistant)."""
+    from corral.voice.stt import load_transcriber
+    from corral.voice.tts import load_synthesizer
+    from corral.voice.wyoming_server import serve_wyoming
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # a line per clip is noise
+    try:
+        paths = _paths(home)
+        cfg = _config(paths, config)
+        wyoming = cfg.voice.wyoming.model_copy(
+            update={"host": host or cfg.voice.wyoming.host, "port": port or cfg.voice.wyoming.port}
+        )
+        # Fail now, not after the models have loaded.
+        _check_port_free(wyoming.host, wyoming.port, "voice.wyoming.port")
+        profile = detect_profile(paths.home)
+        with console.status("loading the speech models..."):
+            transcriber = load_transcriber(cfg.voice.stt, profile.cpu_flags, models_dir=paths.models)
+            synthesizer = load_synthesizer(cfg.voice.tts)
+
+        def listening(bound_host: str, bound_port: int) -> None:
+            console.print(
+                f"Wyoming server ({transcriber.name} speech to text, {synthesizer.name} voice) at "
+                f"[bold]tcp://{bound_host}:{bound_port}[/]: add it in Home Assistant under "
+                "Settings > Devices & services > Wyoming Protocol. Ctrl-C stops it."
+            )
+
+        asyncio.run(_until_stopped(serve_wyoming(wyoming, transcriber, synthesizer, on_listening=listening)))
+    except CorralError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        pass
+    console.print("Wyoming server stopped.")
+
+
+async def _until_stopped(server: Coroutine[Any, Any, None]) -> None:
+    """Run `server` until it ends, Ctrl-C or SIGTERM (a service manager's stop) cancels it."""
+    task = asyncio.ensure_future(server)
+    with contextlib.suppress(NotImplementedError):  # no signal handlers on some event loops
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @keys_app.command("create")

@@ -10,6 +10,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from corral.errors import CorralError
+
 SAMPLE_RATE = 16_000  # what every Transcriber takes: mono float32 in [-1, 1]
 Audio = npt.NDArray[np.float32]
 
@@ -47,3 +49,33 @@ def pcm16_to_float(pcm: bytes) -> Audio:
 
 def float_to_pcm16(audio: Audio) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+class SpeechEngineError(CorralError):
+    """A speech engine failed on this input (a Piper or Whisper error): end the turn with a message,
+    keep the session; the message says what happened and what to try."""
+
+
+def check_audio(audio: object) -> Audio:
+    """`audio` if it is what a Transcriber takes (1-D float32 without NaN or inf), else a ValueError
+    that says what to send instead."""
+    if not isinstance(audio, np.ndarray):
+        raise ValueError(f"audio must be a numpy float32 array, not {type(audio).__name__}")
+    if audio.dtype != np.float32:
+        raise ValueError(
+            f"audio must be float32 in [-1, 1], not {audio.dtype}; convert int16 PCM with pcm16_to_float"
+        )
+    if audio.ndim != 1:
+        raise ValueError(
+            f"audio must be 1-D mono at {SAMPLE_RATE} Hz, not shape {audio.shape}; mix the channels down"
+        )
+    if audio.size and not np.isfinite(audio).all():
+        raise ValueError("audio contains NaN or infinite samples; drop or repair the damaged frames")
+    return audio
+
+
+def rms(audio: Audio) -> float:
+    """Root mean square level of `audio` (0.0 for no samples)."""
+    if audio.size == 0:
+        return 0.0
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
