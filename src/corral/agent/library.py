@@ -65,10 +65,13 @@ class WorkflowLibrary:
             compiled = load_workflow(stored[1], name)
             if compiled.name != name:
                 # Runs record the workflow by name; a mismatch could never be resumed or replayed.
-                raise WorkflowError([
-                    f"the file {name}.yaml says `name: {compiled.name}`; make the name and the file "
-                    "name the same"
-                ], name)
+                raise WorkflowError(
+                    [
+                        f"the file {name}.yaml says `name: {compiled.name}`; make the name and the file "
+                        "name the same"
+                    ],
+                    name,
+                )
             self._compiled[key] = compiled
         return self._compiled[key], version
 
