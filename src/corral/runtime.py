@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -27,6 +27,9 @@ from corral.hardware import NodeProfile, node_status, process_rss
 from corral.models.bundled import Progress
 from corral.models.catalog import Catalog, ModelEntry, check_fit
 from corral.paths import CorralPaths
+
+if TYPE_CHECKING:
+    from corral.voice.service import VoiceService
 
 log = logging.getLogger("corral.runtime")
 
@@ -131,6 +134,7 @@ class Runtime:
             gateway.keys, self.paths.home / "logins.json", self.config.ui.session_ttl_s
         )
         gateway.agent = self.agent(gateway)
+        gateway.voice = self.voice(gateway)
         return gateway, engine
 
     def agent(self, gateway: Gateway) -> AgentService:
@@ -147,6 +151,21 @@ class Runtime:
             workflows_dir=settings.workflows_dir or self.paths.home / "workflows",
             status=gateway.status,
             memory=has_embedder,
+        )
+
+    def voice(self, gateway: Gateway) -> VoiceService | None:
+        """The voice pipeline over the agent, when `voice.enabled` (its engines load in the
+        background once the app starts; the Gateway's lifespan starts and stops it)."""
+        if not self.config.voice.enabled or gateway.agent is None:
+            return None
+        from corral.voice.service import VoiceService
+
+        return VoiceService(
+            self.config.voice,
+            gateway.agent,
+            registry=gateway.metrics.registry,
+            cpu_flags=self.profile.cpu_flags,
+            models_dir=self.paths.models,
         )
 
 

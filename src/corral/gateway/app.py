@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -26,9 +26,11 @@ from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy, parse_body, read_body
 from corral.gateway.router import Router
 from corral.gateway.ui_api import install_ui_routes
+from corral.gateway.voice_api import install_voice_routes
 
 if TYPE_CHECKING:
     from corral.agent.service import AgentService
+    from corral.voice.service import VoiceService
 
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
 
@@ -46,6 +48,7 @@ class Gateway:
     max_body_bytes: int = 8 * 1024 * 1024
     created: int = field(default_factory=lambda: int(time.time()))
     agent: AgentService | None = None
+    voice: VoiceService | None = None  # started and stopped with the app (needs the agent running)
     nodes: Callable[[], list[dict[str, Any]]] = lambda: []
     links: list[dict[str, str]] = field(default_factory=list)
     ui: bool = True  # serve Mission Control's files at `/` (its API routes are there either way)
@@ -126,11 +129,14 @@ class Gateway:
 def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
     @asynccontextmanager
     async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if lifespan is None:
+        async with AsyncExitStack() as stack:
+            if lifespan is not None:
+                await stack.enter_async_context(lifespan())
+            if gateway.voice is not None:
+                # Inside the engine's lifespan: voice sessions end before the agent stops.
+                await gateway.voice.start()
+                stack.push_async_callback(gateway.voice.stop)
             yield
-        else:
-            async with lifespan():
-                yield
 
     app = FastAPI(
         title="Corral",
@@ -159,6 +165,8 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
     install_ui_routes(app, gateway, authorize)
     if gateway.agent is not None:
         install_agent_routes(app, gateway.agent, authorize)
+    if gateway.voice is not None:
+        install_voice_routes(app, gateway.voice, authorize)
 
     async def forward(request: Request, endpoint: Endpoint) -> Response:
         authorize(request)

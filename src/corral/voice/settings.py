@@ -40,7 +40,7 @@ class WyomingConfig(_Strict):
 
 class VoiceConfig(_Strict):
     enabled: bool = Field(True, description="load the speech engines and offer the voice pipeline")
-    workflow: str | None = Field(None, description="the workflow voice turns run; default agent.workflow")
+    workflow: str = Field("voice", description="the workflow voice turns run (short spoken answers)")
     stt: SttConfig = SttConfig()
     tts: TtsConfig = TtsConfig()
     turn: TurnConfig = TurnConfig()
