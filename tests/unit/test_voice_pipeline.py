@@ -77,7 +77,7 @@ async def voice_rig(
     mode: SttMode = "incremental",
     turn: TurnConfig = TURN,
     realtime_output: bool = False,
-    stt_cost: float | None = None,
+    whole_passes: bool | None = None,
 ) -> AsyncIterator[Rig]:
     llm = llm or FakeLLM(default=ANSWER)
     agent = AgentService(AgentConfig(), tmp_path / "agent", llm, workflows_dir=tmp_path / "wf")
@@ -88,7 +88,7 @@ async def voice_rig(
     transport = QueueTransport(out_sample_rate=tts.sample_rate, realtime_output=realtime_output)
     pipeline = build_pipeline(
         transport,
-        engines=Engines(stt, tts, stt_cost_per_audio_s=stt_cost),
+        engines=Engines(stt, tts, stt_whole_passes=whole_passes),
         agent=agent,
         workflow="voice",
         session="unit",
@@ -155,7 +155,7 @@ async def test_with_a_fixed_cost_engine_each_pause_transcribes_the_turn_so_far(t
     # Whisper costs about the same for 1 s as for 10 s: cutting stretches would buy nothing, so
     # each pause starts a pass over the whole turn so far; the last one is the transcript.
     heard = ["what is", "what is the capital of France"]
-    async with voice_rig(tmp_path, heard=heard, stt_cost=0.02) as rig:
+    async with voice_rig(tmp_path, heard=heard, whole_passes=True) as rig:
         await rig.transport.feed(utterance(0.8, 2.2))
         _, final = await final_transcript(rig)
         assert final["text"] == "what is the capital of France"

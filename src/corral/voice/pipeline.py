@@ -47,15 +47,22 @@ class Engines:
     synthesizer: Synthesizer
     stt_executor: Executor | None = None
     tts_executor: Executor | None = None
-    # Seconds of transcription per extra second of audio, measured at load (None: unknown).
-    # Whisper pads every call to a 30 s window, so its cost barely grows with the audio: cutting
-    # speech into stretches then buys nothing at the end of the turn.
+    # Seconds of transcription per extra second of audio, measured at load (None: unknown); shown
+    # in GET /api/voice and the log, not used to choose: on a busy machine the timing swings.
     stt_cost_per_audio_s: float | None = None
+    # Incremental STT re-reads the whole turn so far at each pause (True) or transcribes each
+    # stretch once (False). None: by engine. Whisper needs the sentence as context (cut into
+    # 1.5 s stretches it heard "capital of friends") and a short call costs about the same as a
+    # long one; pocketsphinx reads words locally and its cost grows with the audio.
+    stt_whole_passes: bool | None = None
 
     @property
     def stt_proportional(self) -> bool:
-        """Whether a 1.5 s stretch transcribed early saves the end of the turn 0.1 s or more."""
-        return self.stt_cost_per_audio_s is None or self.stt_cost_per_audio_s * STRETCH_S >= 0.1
+        """Whether incremental STT transcribes stretches (see `stt_whole_passes`)."""
+        whole = self.stt_whole_passes
+        if whole is None:
+            whole = self.transcriber.name == "whisper"
+        return not whole
 
 
 class SharedSmartTurn(LocalSmartTurnAnalyzerV3):

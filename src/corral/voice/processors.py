@@ -162,13 +162,14 @@ class SpeechToText(FrameProcessor):
     """Turns the user's audio into one TranscriptionFrame per turn.
 
     Sits after the VAD and the turn detector. `incremental` transcribes while the user speaks,
-    in one of two ways, by what a transcription costs (`Engines.stt_cost_per_audio_s`):
+    in one of two ways, by engine (`Engines.stt_whole_passes`):
 
     - stretches (`proportional`: the cost grows with the audio, e.g. pocketsphinx): every pause
       the VAD reports inside the turn, and every `stretch_s` of unbroken speech (cut at its
       quietest moment), sends the finished stretch to the transcriber, so at the end of the turn
       only the last stretch is left;
-    - whole passes (a fixed cost per call, e.g. Whisper, which pads every call to 30 s): every
+    - whole passes (Whisper: it needs the sentence as context, and a call costs about the same
+      for 2 s as for 10 s): every
       pause starts a transcription of the turn so far; if the pause turns out to be the end of
       the turn, its transcript is ready (or nearly) when the turn detector decides, otherwise
       the next pause starts another. Cutting would buy nothing here, and lose Whisper context.
