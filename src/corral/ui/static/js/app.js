@@ -12,6 +12,7 @@ const VIEWS = {
   workflows: { title: "Workflows", load: () => import("./workflows.js") },
   history: { title: "History", load: () => import("./history.js") },
   editor: { title: "Editor", load: () => import("./editor.js") },
+  voice: { title: "Voice", load: () => import("./voice.js") },
 };
 const DEFAULT_VIEW = "dashboard";
 
@@ -123,7 +124,8 @@ live.on("event", (e) => {
       waitingGates.delete(data.gate_id);
       break;
     default:
-      activeRuns.add(e.run_id);
+      // voice.turn summaries arrive after their run has ended: they start nothing
+      if (!e.type.startsWith("voice.")) activeRuns.add(e.run_id);
   }
   refreshCharacter();
 });
