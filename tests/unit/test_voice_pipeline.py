@@ -346,8 +346,12 @@ async def test_cancelling_the_session_mid_turn_cancels_the_run_and_leaves_no_tas
 async def test_a_wrong_sample_rate_mid_session_is_refused_and_stop_ends_it(tmp_path: Path) -> None:
     async with voice_rig(tmp_path) as rig:
         await rig.transport.send({"type": "start", "sample_rate": 44100})
-        _, error = await rig.transport.wait_message("error")
+        index, error = await rig.transport.wait_message("error")
         assert error["message"].startswith("send 16 kHz mono PCM16") and "44100" in error["message"]
+        assert not rig.task.done()  # said, and the session goes on at 16 kHz
+        await rig.transport.send({"type": "dance"})
+        _, error = await rig.transport.wait_message("error", start=index + 1)
+        assert "unknown message type 'dance'" in error["message"]
     async with voice_rig(tmp_path / "2") as rig:
         await rig.transport.send({"type": "dance"})
         _, error = await rig.transport.wait_message("error")

@@ -522,8 +522,8 @@ class AgentBridge(FrameProcessor):
         elif kind == "start":
             rate = message.get("sample_rate", SAMPLE_RATE)
             if rate != SAMPLE_RATE or message.get("channels", 1) != 1:
+                # Said, and ignored: the session goes on at 16 kHz (the rate it started with).
                 await self._send({"type": "error", "message": f"{RATE_HINT}; got sample_rate {rate!r}"})
-                await self.push_frame(EndWorkerFrame(reason="wrong sample rate"), FrameDirection.UPSTREAM)
                 return
             session = message.get("session")
             if isinstance(session, str) and session and session != self._conversation.session:
