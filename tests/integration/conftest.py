@@ -57,6 +57,27 @@ experts:
 """
 
 
+# One chat expert and the embedding expert: what the agent, Mission Control and voice tests need.
+AGENT_CONFIG = """
+version: 1
+experts:
+  - name: general
+    model: gemma3-270m
+    description: general questions
+    replicas: 1
+    slots: 2
+    context: 1024
+    threads: 1
+  - name: embed
+    model: all-minilm-l6-v2
+    kind: embedding
+    replicas: 1
+    slots: 1
+    context: 512
+    threads: 1
+"""
+
+
 @dataclass
 class RunningCorral:
     url: str

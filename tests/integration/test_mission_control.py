@@ -22,7 +22,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
-from tests.integration.conftest import RunningCorral, start_corral, stop_corral
+from tests.integration.conftest import AGENT_CONFIG, RunningCorral, start_corral, stop_corral
 
 pytestmark = pytest.mark.slow
 
@@ -31,24 +31,11 @@ ARTIFACTS = ROOT / "artifacts" / "ui"
 WORKFLOWS = ROOT / "tests" / "fixtures" / "workflows"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TIMEOUT_MS = 120_000  # a 270M model on a busy 2-core machine; waits end as soon as the UI is there
+expect.set_options(timeout=TIMEOUT_MS)  # expect() has its own default (5 s), apart from the context's
 
-CONFIG = """
-version: 1
-experts:
-  - name: general
-    model: gemma3-270m
-    description: general questions
-    replicas: 1
-    slots: 2
-    context: 1024
-    threads: 1
-  - name: embed
-    model: all-minilm-l6-v2
-    kind: embedding
-    replicas: 1
-    slots: 1
-    context: 512
-    threads: 1
+CONFIG = (
+    AGENT_CONFIG
+    + """
 agent:
   workflow: ui-chat
   tools:
@@ -56,6 +43,7 @@ agent:
 ui:
   links: [{name: Grafana, url: "http://grafana.home.arpa:3000"}]
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -25,28 +25,11 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from corral.voice.engines import float_to_pcm16, pcm16_to_float
 from tests.fixtures.speech import silence, synthesize_wav
-from tests.integration.conftest import RunningCorral, start_corral, stop_corral
+from tests.integration.conftest import AGENT_CONFIG, RunningCorral, start_corral, stop_corral
 
 pytestmark = pytest.mark.slow
 
-CONFIG = """
-version: 1
-experts:
-  - name: general
-    model: gemma3-270m
-    description: general questions
-    replicas: 1
-    slots: 2
-    context: 1024
-    threads: 1
-  - name: embed
-    model: all-minilm-l6-v2
-    kind: embedding
-    replicas: 1
-    slots: 1
-    context: 512
-    threads: 1
-"""
+CONFIG = AGENT_CONFIG
 COUNTING = """
 version: 1
 name: voice-count

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -239,7 +240,12 @@ def test_a_spoken_question_over_the_websocket_is_heard_answered_and_timed(
 def test_a_spoken_question_over_webrtc_is_heard_answered_and_timed(page: Page, corral: RunningCorral) -> None:
     _converse(page, corral, "webrtc", "WebRTC")
     _screenshot(page, "webrtc_turn")
-    assert page.evaluate(RECEIVED_ENERGY) > 0.01  # corral's voice came down the peer connection
+    # corral's voice came down the peer connection (the stats trail the audio, so wait for them)
+    energy, deadline = 0.0, time.monotonic() + 60
+    while energy <= 0.01 and time.monotonic() < deadline:
+        energy = page.evaluate(RECEIVED_ENERGY)
+        page.wait_for_timeout(250)
+    assert energy > 0.01, f"no audible audio arrived over WebRTC (energy {energy})"
     # Leaving the page while connected hangs up: microphone, peer connection and AudioContext.
     page.get_by_test_id("nav-dashboard").click()
     expect(page.get_by_test_id("dashboard")).to_be_visible()
