@@ -24,6 +24,7 @@ from pydantic import (
 
 from corral.agent.settings import AgentConfig
 from corral.errors import ConfigError
+from corral.integrations.settings import MqttConfig
 from corral.voice.settings import VoiceConfig
 
 CONFIG_VERSION = 1
@@ -99,6 +100,7 @@ class CorralConfig(_Strict):
     agent: AgentConfig = AgentConfig()
     ui: UIConfig = UIConfig()
     voice: VoiceConfig = VoiceConfig()
+    mqtt: MqttConfig = MqttConfig()
 
     @model_validator(mode="after")
     def _check_references(self, info: ValidationInfo) -> CorralConfig:

@@ -24,6 +24,8 @@ from corral.gateway.logins import LoginBook
 from corral.gateway.registry import LocalRegistry
 from corral.gateway.router import Router, make_balancer
 from corral.hardware import NodeProfile, node_status, process_rss
+from corral.integrations.bridge import HomeAssistantBridge
+from corral.integrations.settings import with_world_broker
 from corral.models.bundled import Progress
 from corral.models.catalog import Catalog, ModelEntry, check_fit
 from corral.paths import CorralPaths
@@ -135,11 +137,14 @@ class Runtime:
         )
         gateway.agent = self.agent(gateway)
         gateway.voice = self.voice(gateway)
+        if self.config.mqtt.enabled:
+            bridge = HomeAssistantBridge(self.config.mqtt, gateway.status, gateway.readiness, env=self.env)
+            gateway.background.append(bridge.running)
         return gateway, engine
 
     def agent(self, gateway: Gateway) -> AgentService:
         """The agent runtime, calling models in-process through the gateway's Proxy."""
-        settings = self.config.agent
+        settings = with_world_broker(self.config.agent, self.config.mqtt)
         embed = settings.memory.embed_expert
         has_embedder = any(e.name == embed and e.kind == "embedding" for e in self.config.experts)
         if not has_embedder:

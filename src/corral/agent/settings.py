@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from corral.integrations.settings import HomeAssistantConfig, WorldStateConfig
+
 Decision = Literal["auto", "ask", "deny"]
 
 
@@ -101,6 +103,8 @@ class ToolsConfig(_Strict):
     ansible: AnsibleConfig = AnsibleConfig()
     git: GitConfig = GitConfig()
     mcp: list[McpServerConfig] = Field(default_factory=list)
+    world_state: WorldStateConfig = WorldStateConfig()
+    home_assistant: HomeAssistantConfig = HomeAssistantConfig()
 
 
 class AgentConfig(_Strict):

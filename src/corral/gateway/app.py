@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 
+from corral.agent.metrics import AgentMetrics
 from corral.errors import BadRequestError, ForbiddenError, NotFoundError
 from corral.gateway.agent_api import AGENT_MODEL, agent_chat, install_agent_routes
 from corral.gateway.auth import KeyRecord, KeyStore, Scope, bearer_token
@@ -54,10 +55,17 @@ class Gateway:
     ui: bool = True  # serve Mission Control's files at `/` (its API routes are there either way)
     logins: LoginBook = None  # type: ignore[assignment]  # in memory unless `corral up` gives a file
     logs: LogBook = field(default_factory=LogBook)
+    # Started after the engine's lifespan (the agent is up) and stopped before it: the MQTT bridge.
+    background: list[Lifespan] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.logins is None:
             self.logins = LoginBook(self.keys)
+
+    @cached_property
+    def agent_metrics(self) -> AgentMetrics:
+        """The agent's run, node and tool metrics, in the gateway's registry (/metrics)."""
+        return AgentMetrics(self.metrics.registry)
 
     @cached_property
     def proxy(self) -> Proxy:
@@ -132,6 +140,10 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             if lifespan is not None:
                 await stack.enter_async_context(lifespan())
+            if gateway.agent is not None and gateway.agent.started:
+                await stack.enter_async_context(gateway.agent_metrics.running(gateway.agent.bus))
+            for service in gateway.background:
+                await stack.enter_async_context(service())
             if gateway.voice is not None:
                 # Inside the engine's lifespan: voice sessions end before the agent stops.
                 await gateway.voice.start()
