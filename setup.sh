@@ -50,6 +50,13 @@ ensure_bwrap() { ensure_apt bwrap bubblewrap "the sandbox for the agent's shell 
 # are not used); only the tests need it.
 ensure_chromium() { ensure_apt chromium chromium "the browser tests of Mission Control"; }
 
+# The Home Assistant (MQTT) tests run a real mosquitto broker (Debian puts it in /usr/sbin, so
+# look there too); corral itself only needs a broker somewhere on the network when mqtt: is on.
+ensure_mosquitto() {
+  [ -x /usr/sbin/mosquitto ] && return
+  ensure_apt mosquitto mosquitto "the Home Assistant (MQTT) tests"
+}
+
 # `uv sync -v` prints the llama.cpp build's cmake lines; show them as one progress line and keep
 # the tail to print if the build fails.
 sync_env() {
@@ -80,7 +87,7 @@ main() {
   local command="${1:-}"; shift || true
   case "$command" in
     up)   check_tools; ensure_bwrap; ensure_uv; sync_env; log "starting corral"; exec "${UV[@]}" run --frozen corral up "$@" ;;
-    test) check_tools; ensure_bwrap; ensure_chromium; ensure_uv; sync_env; exec bash scripts/test.sh "$@" ;;
+    test) check_tools; ensure_bwrap; ensure_chromium; ensure_mosquitto; ensure_uv; sync_env; exec bash scripts/test.sh "$@" ;;
     sync) check_tools; ensure_bwrap; ensure_uv; sync_env ;;
     *)    usage; exit 2 ;;
   esac
