@@ -1,4 +1,4 @@
-"""The `corral` command line: up, status, models, keys, voice."""
+"""The `corral` command line: up, status, models, keys, voice, mcp."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from corral.config import CorralConfig, default_config, load_config
 from corral.errors import ConfigError, CorralError
 from corral.gateway.auth import KeyStore
 from corral.gateway.router import BALANCERS
+from corral.gateway.security import ROOT_WARNING, running_as_root
 from corral.hardware import NodeProfile, detect_profile
 from corral.paths import CorralPaths, default_home
+from corral.secrets import install_redaction
 
 app = typer.Typer(
     help="Corral: one private, offline AI assistant from a pile of old PCs.",
@@ -96,6 +98,9 @@ def up(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll is noise
+    install_redaction()  # keys, tokens and passwords never reach a log line
+    if running_as_root():
+        err_console.print(f"[bold yellow]warning:[/] {ROOT_WARNING}")
     try:
         if balancer not in BALANCERS:
             raise ConfigError(f"--balancer must be one of {', '.join(BALANCERS)}, not {balancer!r}")
@@ -126,6 +131,7 @@ def up(
         f"Mission Control is at [bold]http://{bind_host}:{bind_port}/[/]."
     )
     logging.getLogger().addHandler(gateway.logs)  # the UI's live log panel
+    install_redaction()
     application = create_app(gateway, lambda: engine_lifespan(engine, client, gateway.agent))
     # log_config=None: keep our logging setup (uvicorn's would hide corral's own lines).
     uvicorn.run(
@@ -404,6 +410,42 @@ def keys_revoke(
         _fail(err)
         return
     console.print(f"revoked {record.id} ({record.name})")
+
+
+@app.command()
+def mcp(
+    url: Annotated[
+        str | None, typer.Option(help="the gateway's MCP endpoint (default: from server.host/port)")
+    ] = None,
+    key_file: Annotated[
+        Path | None, typer.Option(help="a file (mode 0600) holding the API key; else $CORRAL_API_KEY")
+    ] = None,
+    home: HomeOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve corral's MCP tools on stdin/stdout for a desktop client, bridged to a running
+    `corral up` (its /mcp endpoint, with an API key)."""
+    from corral.mcp_server import MCP_PATH, serve_stdio
+    from corral.secrets import secret_from
+
+    # stdout is the MCP channel: every human-readable line goes to stderr.
+    logging.basicConfig(level="WARNING", stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    install_redaction()
+    try:
+        if url is None:
+            server = _config(_paths(home), config).server
+            host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+            url = f"http://{host}:{server.port}{MCP_PATH}"
+        if key_file is None and not os.environ.get("CORRAL_API_KEY"):
+            raise ConfigError(
+                "no API key: export CORRAL_API_KEY=<key> or pass --key-file FILE (mode 0600); "
+                "create a key with `corral keys create --name desktop`"
+            )
+        key = secret_from(env_var=None if key_file else "CORRAL_API_KEY", file=key_file, what="API key")
+        assert key is not None
+        asyncio.run(serve_stdio(url, key))
+    except CorralError as err:
+        _fail(err)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -24,6 +24,8 @@ from pydantic import (
 
 from corral.agent.settings import AgentConfig
 from corral.errors import ConfigError
+from corral.gateway.limits import RateLimitConfig
+from corral.gateway.security import Origin
 from corral.integrations.settings import MqttConfig
 from corral.voice.settings import VoiceConfig
 
@@ -46,7 +48,14 @@ class ServerConfig(_Strict):
     )
     request_timeout_s: float = Field(600.0, gt=0)
     connect_timeout_s: float = Field(2.0, gt=0)
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="the largest request body any route accepts (413 above)"
+    )
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    cors_origins: list[Origin] = Field(
+        default_factory=list,
+        description="web origins allowed to call the API from a browser (none by default)",
+    )
 
 
 class ExpertConfig(_Strict):

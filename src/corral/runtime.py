@@ -29,6 +29,7 @@ from corral.integrations.settings import with_world_broker
 from corral.models.bundled import Progress
 from corral.models.catalog import Catalog, ModelEntry, check_fit
 from corral.paths import CorralPaths
+from corral.secrets import check_private
 
 if TYPE_CHECKING:
     from corral.voice.service import VoiceService
@@ -116,6 +117,9 @@ class Runtime:
                 remote = _remote_backend(expert, client, self.env)
                 registry.add(remote)
                 engine.watch_remote(remote)
+        for secret in (self.paths.keys_file, self.paths.home / "logins.json"):
+            if secret.exists():  # API key hashes and browser sessions: the owner's eyes only
+                check_private(secret, "credentials file")
         server = self.config.server
         router = Router(
             self.config.experts, registry, max_queue=server.max_queue,
@@ -128,6 +132,8 @@ class Runtime:
             replica_details=self.replica_details,
             required_experts=tuple(e.name for e in self.config.experts if e.always_loaded),
             max_body_bytes=server.max_body_bytes,
+            rate_limit=server.rate_limit,
+            cors_origins=list(server.cors_origins),
             nodes=lambda: [node_status(self.profile)],
             links=[link.model_dump() for link in self.config.ui.links],
             ui=self.config.ui.enabled,

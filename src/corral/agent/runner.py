@@ -81,11 +81,15 @@ class Runner:
         parent_id: str | None = None,
         root_run: str = "",
         run_id: str | None = None,
+        prompts: Mapping[str, str] | None = None,
     ) -> RunHandle:
+        """`prompts` (role -> text) override the promoted prompts for this run's nodes that take a
+        `prompt_role` (prompt evolution evaluates a candidate this way without promoting it)."""
         checked = check_inputs(workflow, inputs)
         run_id = run_id or new_run_id()
         self.store.create_run(run_id, workflow.name, version, checked, session=session, parent_id=parent_id)
         execution = _Execution(self, workflow, version, run_id, checked, session, root_run or run_id)
+        execution.prompts = dict(prompts or {})
         execution.begin()
         return self._launch(execution)
 
@@ -235,6 +239,7 @@ class _Execution:
         self.queue: deque[tuple[str, int]] = deque()
         self.running: dict[asyncio.Task[StepRecord], tuple[str, int]] = {}
         self.seq = 0
+        self.prompts: dict[str, str] = {}
 
     # --- deterministic scheduling (shared by live runs and restore) ----------------------------
 
@@ -391,6 +396,7 @@ class _Execution:
             }
         ctx.extra["root_run"] = self.root_run
         ctx.extra["inputs"] = self.inputs
+        ctx.extra["prompts"] = self.prompts
         emit("node.started", {"type": node.spec.type, "iteration": ctx.iteration})
         inputs: dict[str, Any] = {}
         error: str | None = None

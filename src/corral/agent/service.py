@@ -19,7 +19,7 @@ from corral.agent.memory.embedder import LLMEmbedder
 from corral.agent.memory.longterm import LongTermMemory
 from corral.agent.memory.window import SessionWindow
 from corral.agent.runner import RunHandle, Runner
-from corral.agent.services import AgentServices
+from corral.agent.services import AgentServices, PromptSource
 from corral.agent.settings import AgentConfig
 from corral.agent.store import RunRecord, RunStore
 from corral.agent.tools.factory import build_registry
@@ -58,6 +58,7 @@ class AgentService:
         workflows_dir: Path | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
         memory: bool = True,
+        prompts: PromptSource | None = None,
     ) -> None:
         self.settings = settings
         self.paths = AgentPaths(root)
@@ -65,6 +66,7 @@ class AgentService:
         self.workflows_dir = workflows_dir
         self.status = status
         self.use_memory = memory
+        self.prompts = prompts
         self.interrupted: list[str] = []
         self._stack = AsyncExitStack()
         self._services: AgentServices | None = None
@@ -124,7 +126,7 @@ class AgentService:
         library = WorkflowLibrary(store, self.workflows_dir)
         services = AgentServices(
             self.settings, store, llm=self.llm, tools=tools, memory=memory, window=window,
-            workflows=library, workdir_root=self.paths.workdirs,
+            workflows=library, workdir_root=self.paths.workdirs, prompts=self.prompts,
         )  # fmt: skip
         self._services, self._library = services, library
         self._runner = Runner(services)
@@ -141,9 +143,10 @@ class AgentService:
         *,
         session: str = "",
         version: int | None = None,
+        prompts: dict[str, str] | None = None,
     ) -> RunHandle:
         workflow, number = self.library.get(name, version)
-        return self.runner.start(workflow, number, inputs, session=session)
+        return self.runner.start(workflow, number, inputs, session=session, prompts=prompts)
 
     def chat(self, messages: list[dict[str, Any]], session: str = "") -> RunHandle:
         """Run the default workflow on a conversation; the window keeps the session's turns

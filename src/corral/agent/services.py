@@ -54,6 +54,10 @@ class Window(Protocol):
     def clear(self, session: str) -> int: ...
 
 
+class PromptSource(Protocol):
+    def get(self, role: str, seed: str) -> str: ...
+
+
 class WorkflowSource(Protocol):
     def get(self, name: str, version: int | None = None) -> tuple[CompiledWorkflow, int]: ...
 
@@ -70,6 +74,7 @@ class AgentServices:
     window: Window | None = None
     workflows: WorkflowSource | None = None
     workdir_root: Path | None = None
+    prompts: PromptSource | None = None  # promoted prompts by role (corral.evolve.prompts.PromptBook)
     runner: Runner | None = None  # set by the Runner; sub-workflows start child runs through it
 
     def __post_init__(self) -> None:

@@ -21,13 +21,16 @@ from corral.errors import BadRequestError, ForbiddenError, NotFoundError
 from corral.gateway.agent_api import AGENT_MODEL, agent_chat, install_agent_routes
 from corral.gateway.auth import KeyRecord, KeyStore, Scope, bearer_token
 from corral.gateway.errors import install_error_handlers
+from corral.gateway.limits import Limits, RateLimitConfig
 from corral.gateway.logbook import LogBook
 from corral.gateway.logins import COOKIE, LoginBook
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy, parse_body, read_body
 from corral.gateway.router import Router
+from corral.gateway.security import SecurityHeaders, install_cors
 from corral.gateway.ui_api import install_ui_routes
 from corral.gateway.voice_api import install_voice_routes
+from corral.mcp_server import install_mcp_route
 
 if TYPE_CHECKING:
     from corral.agent.service import AgentService
@@ -55,6 +58,9 @@ class Gateway:
     ui: bool = True  # serve Mission Control's files at `/` (its API routes are there either way)
     logins: LoginBook = None  # type: ignore[assignment]  # in memory unless `corral up` gives a file
     logs: LogBook = field(default_factory=LogBook)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    cors_origins: list[str] = field(default_factory=list)  # none: browsers refuse cross-origin reads
+    mcp: bool = True  # serve corral's tools and ask_corral over MCP at /mcp
     # Started after the engine's lifespan (the agent is up) and stopped before it: the MQTT bridge.
     background: list[Lifespan] = field(default_factory=list)
 
@@ -148,6 +154,8 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
                 # Inside the engine's lifespan: voice sessions end before the agent stops.
                 await gateway.voice.start()
                 stack.push_async_callback(gateway.voice.stop)
+            if mcp_lifespan is not None:
+                await stack.enter_async_context(mcp_lifespan())
             yield
 
     app = FastAPI(
@@ -179,6 +187,14 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         install_agent_routes(app, gateway.agent, authorize)
     if gateway.voice is not None:
         install_voice_routes(app, gateway.voice, authorize)
+    mcp_lifespan = install_mcp_route(app, gateway) if gateway.mcp else None
+    # Outermost last: CORS answers preflights, headers go on every answer, limits come first.
+    app.add_middleware(
+        Limits, config=gateway.rate_limit, max_body_bytes=gateway.max_body_bytes, keys=gateway.keys,
+        logins=lambda: gateway.logins,
+    )  # fmt: skip
+    app.add_middleware(SecurityHeaders)
+    install_cors(app, gateway.cors_origins)
 
     async def forward(request: Request, endpoint: Endpoint) -> Response:
         authorize(request)

@@ -32,6 +32,17 @@ def last_user_text(value: Any) -> str:
     return ""
 
 
+def role_prompt(ctx: NodeContext, role: str | None, seed: str) -> str:
+    """The prompt for a `prompt_role`: this run's override, else the promoted one, else `seed`."""
+    if not role:
+        return seed
+    overrides = ctx.extra.get("prompts") or {}
+    if isinstance(overrides.get(role), str):
+        return str(overrides[role])
+    book = ctx.services.prompts
+    return book.get(role, seed) if book is not None else seed
+
+
 def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -46,6 +57,9 @@ class LlmParams(NodeParams):
     temperature: float = Field(0.7, ge=0, le=2)
     stop: list[str] = Field(default_factory=list, max_length=4)
     json_schema: dict[str, Any] | None = Field(None, description="constrain the answer to this JSON schema")
+    prompt_role: str | None = Field(
+        None, description="an evolvable prompt role (corral evolve): its promoted prompt replaces `system`"
+    )
 
 
 @register
@@ -70,8 +84,9 @@ class LlmNode(NodeType):
 
     async def run(self, ctx: NodeContext, inputs: dict[str, Any], params: LlmParams) -> NodeResult:
         messages: list[dict[str, Any]] = []
-        if inputs.get("system"):
-            messages.append({"role": "system", "content": inputs["system"]})
+        system = role_prompt(ctx, params.prompt_role, str(inputs.get("system") or ""))
+        if system:
+            messages.append({"role": "system", "content": system})
         messages.extend(m for m in inputs.get("messages") or [] if isinstance(m, dict))
         if inputs.get("prompt"):
             messages.append({"role": "user", "content": inputs["prompt"]})
@@ -143,6 +158,9 @@ class ToolChoiceParams(NodeParams):
     max_tokens: int = Field(256, ge=16, le=8192)
     temperature: float = Field(0.2, ge=0, le=2)
     system: str = TOOL_SYSTEM
+    prompt_role: str | None = Field(
+        None, description="an evolvable prompt role (corral evolve): its promoted prompt replaces `system`"
+    )
     result_chars: int = Field(1200, ge=100, description="characters of each tool result shown to the model")
     offer_final: bool = Field(True, description="offer final_answer; false forces a tool call")
     max_steps_shown: int = Field(6, ge=1)
@@ -182,7 +200,7 @@ class ToolChoiceNode(NodeType):
         specs = [s for s in self._specs(ctx, params) if s.name not in denied]  # do without them
         if not specs:
             raise NodeFailure("every tool offered here was denied in this run; nothing is left to call")
-        messages = self._messages(inputs, params, specs)
+        messages = self._messages(inputs, params, specs, role_prompt(ctx, params.prompt_role, params.system))
         request = LLMRequest(
             messages,
             model=params.model or ctx.services.settings.model,
@@ -239,9 +257,9 @@ class ToolChoiceNode(NodeType):
         return [*specs, FINAL_ANSWER]
 
     def _messages(
-        self, inputs: dict[str, Any], params: ToolChoiceParams, specs: list[ToolSpec]
+        self, inputs: dict[str, Any], params: ToolChoiceParams, specs: list[ToolSpec], system: str
     ) -> list[dict[str, Any]]:
-        lines = [params.system, "", "Tools:"]
+        lines = [system, "", "Tools:"]
         for spec in specs:
             args = json.dumps(spec.parameters.get("properties", {}), separators=(",", ":"))
             lines.append(f"- {spec.name}: {spec.description} Arguments: {args}")
