@@ -21,6 +21,7 @@ from rich.table import Table
 
 from corral.config import CorralConfig, default_config, load_config
 from corral.errors import ConfigError, CorralError
+from corral.evolve.cli import evolve_app
 from corral.gateway.auth import KeyStore
 from corral.gateway.router import BALANCERS
 from corral.gateway.security import ROOT_WARNING, running_as_root
@@ -37,6 +38,7 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 voice_app = typer.Typer(help="Speech in and out: serve corral's STT and TTS.", no_args_is_help=True)
 app.add_typer(voice_app, name="voice")
+app.add_typer(evolve_app, name="evolve")
 console = Console()
 err_console = Console(stderr=True)
 

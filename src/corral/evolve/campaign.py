@@ -314,3 +314,35 @@ async def evaluate_split(
             return out
     finally:
         archive.close()
+
+
+def generations_done(home: Path, suite: str, selection: str = "dgm", seed: int = 0) -> int:
+    """How many generations the campaign for these arguments has completed (0 when new)."""
+    archive = Archive(home)
+    try:
+        loaded = load_suite(home, suite)
+        cid = campaign_id(loaded, baseline(archive, loaded), check_method(selection), seed)
+        return len({e.generation for e in archive.events(cid) if e.kind == "generation"} - {0})
+    finally:
+        archive.close()
+
+
+def missing_heldout(home: Path, variant_id: str) -> list[str]:
+    """The variants (this one and the baseline it must not regress against) that lack a score on
+    some held-out case of the variant's suite: what `promote` must evaluate first."""
+    archive = Archive(home)
+    try:
+        variant = archive.variant(variant_id)
+        loaded = load_suite(home, variant.suite)
+        cases = {c.id for c in loaded.split("heldout")}
+        if not cases:
+            return []
+        base = baseline(archive, loaded)
+        out = []
+        for vid in dict.fromkeys([variant.id, base.id]):
+            have = {c for c, s in archive.scores(vid, loaded.name, "heldout").items()}
+            if not cases <= have:
+                out.append(vid)
+        return out
+    finally:
+        archive.close()

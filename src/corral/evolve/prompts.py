@@ -16,7 +16,8 @@ log = logging.getLogger("corral.evolve")
 
 class PromptBook:
     def __init__(self, home: Path) -> None:
-        self.file = Path(home) / "evolve" / "promoted.json"
+        self.home = Path(home)
+        self.file = self.home / "evolve" / "promoted.json"
         self._stamp: tuple[int, int] | None = None
         self._roles: dict[str, Any] = {}
         self._lock = threading.Lock()

@@ -18,9 +18,11 @@ from starlette.responses import JSONResponse, Response
 
 from corral.agent.metrics import AgentMetrics
 from corral.errors import BadRequestError, ForbiddenError, NotFoundError
+from corral.evolve.prompts import PromptBook
 from corral.gateway.agent_api import AGENT_MODEL, agent_chat, install_agent_routes
 from corral.gateway.auth import KeyRecord, KeyStore, Scope, bearer_token
 from corral.gateway.errors import install_error_handlers
+from corral.gateway.evolve_api import install_evolve_routes
 from corral.gateway.limits import Limits, RateLimitConfig
 from corral.gateway.logbook import LogBook
 from corral.gateway.logins import COOKIE, LoginBook
@@ -185,6 +187,8 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
     install_ui_routes(app, gateway, authorize)
     if gateway.agent is not None:
         install_agent_routes(app, gateway.agent, authorize)
+    if gateway.agent is not None and isinstance(gateway.agent.prompts, PromptBook):
+        install_evolve_routes(app, gateway.agent.prompts.home, authorize)
     if gateway.voice is not None:
         install_voice_routes(app, gateway.voice, authorize)
     mcp_lifespan = install_mcp_route(app, gateway) if gateway.mcp else None
