@@ -227,8 +227,8 @@ async def test_a_spoken_question_is_transcribed_answered_and_spoken(corral: Runn
     run = wait_status(corral, turn["run_id"])
     assert run["workflow"] == "voice" and run["status"] == "succeeded", run
     assert run["inputs"]["messages"][-1]["role"] == "user"
-    assert metric(corral, "voice_turns_total") >= 1
-    assert metric(corral, "voice_to_voice_seconds_count") >= 1
+    assert metric(corral, "corral_voice_turns_total") >= 1
+    assert metric(corral, "corral_voice_to_voice_seconds_count") >= 1
 
 
 async def test_silence_alone_makes_no_turn_and_no_run(corral: RunningCorral) -> None:
@@ -256,7 +256,7 @@ async def test_talking_over_the_answer_interrupts_it(corral: RunningCorral) -> N
         run = wait_status(corral, run_id)
         assert run["status"] == "cancelled", run
         await client.wait_message("turn", start=next_turn, within=120)
-    assert metric(corral, "voice_barge_ins_total") >= 1
+    assert metric(corral, "corral_voice_barge_ins_total") >= 1
 
 
 async def test_a_client_that_leaves_mid_turn_cancels_the_run(corral: RunningCorral) -> None:

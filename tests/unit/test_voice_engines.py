@@ -258,3 +258,33 @@ def test_wyoming_cli_refuses_a_busy_port_before_loading_models() -> None:
         result = CliRunner().invoke(app, ["voice", "wyoming", "--host", "127.0.0.1", "--port", str(port)])
     assert result.exit_code == 2
     assert "voice.wyoming.port" in result.output
+
+
+# --- whisper's fitted window: the loop guard ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("decoded", "kept"),
+    [
+        # the loops whisper fell into with a window fitted to the clip (seen on the benchmark)
+        (
+            " Say something nice about computers. Say something Nice about computers. Say something",
+            "Say something nice about computers.",
+        ),
+        (" What is 2 plus 2? What is 2 plus 2? What is 2", "What is 2 plus 2?"),
+        (
+            " Thank you. That was helpful. Thank you. That was helpful. Thank you",
+            "Thank you. That was helpful.",
+        ),
+        # no loop: unchanged
+        (" Turn off the lights. Then lock the door.", "Turn off the lights. Then lock the door."),
+        (" No, no, no.", "No, no, no."),
+        # a repeat that does not start at a sentence end is speech, not the loop
+        (" I said the red one the red one.", "I said the red one the red one."),
+        ("", ""),
+    ],
+)
+def test_drop_repeats_keeps_the_first_saying_of_a_looped_transcript(decoded: str, kept: str) -> None:
+    from corral.voice.stt import drop_repeats
+
+    assert drop_repeats(decoded) == kept

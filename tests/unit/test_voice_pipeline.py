@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pipecat.frames.frames import (
     InputAudioRawFrame,
@@ -40,6 +41,7 @@ from corral.testing.fake_voice import (
     silence,
     tone,
 )
+from corral.voice.engines import SAMPLE_RATE
 from corral.voice.metrics import VoiceMetrics
 from corral.voice.pipeline import Engines, VoicePipeline, build_pipeline
 from corral.voice.processors import APOLOGY, SttMode, VoiceSerializer, parse_start
@@ -165,6 +167,24 @@ async def test_with_a_fixed_cost_engine_each_pause_transcribes_the_turn_so_far(t
         assert partials[0] == "what is"
 
 
+async def test_the_final_pass_starts_at_the_first_tenth_of_a_second_of_quiet(tmp_path: Path) -> None:
+    # The VAD calls speech over after 0.2 s of quiet; Whisper's pass over the turn starts after
+    # 0.1 s, and nothing is transcribed twice when the VAD and the turn detector then agree.
+    quiet_tails: list[float] = []
+
+    def heard(audio: np.ndarray) -> str:
+        loud = np.flatnonzero(np.abs(audio) > 0.01)
+        quiet_tails.append((audio.size - (loud[-1] + 1 if loud.size else 0)) / SAMPLE_RATE)
+        return "what is the capital of France"
+
+    async with voice_rig(tmp_path, heard=[heard], whole_passes=True) as rig:
+        await rig.transport.feed(utterance(1.0))
+        _, final = await final_transcript(rig)
+        assert final["text"] == "what is the capital of France"
+        assert len(quiet_tails) == 1, rig.stt.calls
+        assert 0.08 <= quiet_tails[0] < 0.2, quiet_tails  # before the VAD's 0.2 s stop
+
+
 async def test_segmented_baseline_transcribes_the_whole_utterance_once(tmp_path: Path) -> None:
     async with voice_rig(tmp_path, heard=["what is the capital of France"], mode="segmented") as rig:
         await rig.transport.feed(utterance(0.8, 2.2))
@@ -185,7 +205,7 @@ async def test_silence_makes_no_turn_and_noise_no_run(tmp_path: Path) -> None:
         assert final["text"] == ""
         await asyncio.sleep(0.3)
         assert rig.pipeline.agent.run_ids == [] and rig.agent.store.runs() == []
-        assert sample(rig.metrics, "voice_turns_total") == 0
+        assert sample(rig.metrics, "corral_voice_turns_total") == 0
         assert rig.messages("state")[-1]["state"] == "idle"
 
 
@@ -194,7 +214,7 @@ async def test_a_transcriber_failure_ends_the_turn_with_a_message(tmp_path: Path
         await rig.transport.feed(utterance(1.0))
         _, error = await rig.transport.wait_message("error")
         assert "speech-to-text failed (engine on fire)" in error["message"]
-        assert sample(rig.metrics, "voice_errors_total", {"stage": "stt"}) == 1
+        assert sample(rig.metrics, "corral_voice_errors_total", {"stage": "stt"}) == 1
         start = len(rig.transport.sent)
         await rig.transport.feed(utterance(1.0))
         _, final = await final_transcript(rig, start)
@@ -231,9 +251,13 @@ async def test_the_answer_streams_and_speech_starts_on_the_first_sentence(tmp_pa
         record = rig.agent.store.run(run_id)
         assert record is not None and record.workflow == "voice" and record.status == "succeeded"
         assert record.inputs["messages"][-1] == {"role": "user", "content": "what is the capital of France"}
-        for name in ("voice_stt_seconds", "voice_llm_ttft_seconds", "voice_to_voice_seconds"):
+        for name in (
+            "corral_voice_stt_seconds",
+            "corral_voice_llm_ttft_seconds",
+            "corral_voice_to_voice_seconds",
+        ):
             assert sample(rig.metrics, f"{name}_count") == 1
-        assert sample(rig.metrics, "voice_turns_total") == 1
+        assert sample(rig.metrics, "corral_voice_turns_total") == 1
         # the next turn (once this one is over) carries the conversation so far
         await rig.transport.wait_message_where(
             lambda m: m.get("type") == "state" and m["state"] == "idle", start=final_at, within=20
@@ -245,6 +269,40 @@ async def test_the_answer_streams_and_speech_starts_on_the_first_sentence(tmp_pa
         messages = rig.llm.requests[-1].messages
         assert [m["role"] for m in messages[-3:]] == ["user", "assistant", "user"]
         assert messages[-1]["content"] == "and of Germany"
+
+
+@pytest.mark.parametrize(
+    ("answer", "spoken"),
+    [
+        # a clause mark after 3 words ends the first phrase; the rest goes by sentences
+        (
+            "The capital of France, as you may know, is Paris. It is lovely in spring.",
+            ["The capital of France,", "as you may know, is Paris.", "It is lovely in spring."],
+        ),
+        # a short first sentence goes as it is; "Sure," is too short to say alone
+        ("Sure, I can. Spiders have eight legs.", ["Sure, I can.", "Spiders have eight legs."]),
+        # no clause mark: the first 8 words
+        (
+            "Spiders have eight legs and they use them to climb walls. Yes.",
+            ["Spiders have eight legs and they use them", "to climb walls.", "Yes."],
+        ),
+        # a number's comma is not a clause
+        ("It costs 1,000 dollars or so, I think.", ["It costs 1,000 dollars or so,", "I think."]),
+    ],
+)
+async def test_speech_starts_on_the_first_phrase_then_goes_by_sentences(
+    answer: str, spoken: list[str]
+) -> None:
+    from corral.voice.phrases import FirstPhraseAggregator
+
+    aggregator = FirstPhraseAggregator()
+    for _ in range(2):  # each answer starts with a phrase again
+        pieces = []
+        for i in range(0, len(answer), 3):  # tokens of 3 characters
+            pieces += [a.text async for a in aggregator.aggregate(answer[i : i + 3])]
+        rest = await aggregator.flush()
+        pieces += [rest.text] if rest else []
+        assert pieces == spoken
 
 
 async def test_barge_in_cancels_the_run_and_stops_playback(tmp_path: Path) -> None:
@@ -268,7 +326,7 @@ async def test_barge_in_cancels_the_run_and_stops_playback(tmp_path: Path) -> No
                 break
             await asyncio.sleep(0.05)
         assert record is not None and record.status == "cancelled"
-        assert sample(rig.metrics, "voice_barge_ins_total") == 1
+        assert sample(rig.metrics, "corral_voice_barge_ins_total") == 1
         await rig.transport.wait_message("turn", start=next_turn, within=20)
         assert rig.llm.requests[-1].messages[-1]["content"] == "stop please"
 
@@ -287,7 +345,7 @@ async def test_speech_under_min_words_does_not_interrupt(tmp_path: Path) -> None
         await asyncio.sleep(1.0)
         assert rig.messages("interrupted") == []
         assert len(rig.pipeline.agent.run_ids) == 1
-        assert sample(rig.metrics, "voice_barge_ins_total") == 0
+        assert sample(rig.metrics, "corral_voice_barge_ins_total") == 0
 
 
 async def test_a_tts_failure_ends_the_turn_with_an_error_and_the_session_goes_on(tmp_path: Path) -> None:
@@ -299,7 +357,7 @@ async def test_a_tts_failure_ends_the_turn_with_an_error_and_the_session_goes_on
         assert "text-to-speech failed" in error["message"]
         await rig.transport.wait_message("turn")
         assert rig.tts.calls == ["Paris is big."]  # the rest of a failed answer is not tried
-        assert sample(rig.metrics, "voice_errors_total", {"stage": "tts"}) == 1
+        assert sample(rig.metrics, "corral_voice_errors_total", {"stage": "tts"}) == 1
         start = len(rig.transport.sent)
         await rig.transport.feed(utterance(1.0))
         await rig.transport.wait_for(lambda s: s.kind == "audio", start=start, within=20)
@@ -317,7 +375,7 @@ async def test_a_failed_run_is_spoken_as_an_apology(tmp_path: Path) -> None:
             lambda m: m.get("type") == "state" and m["state"] == "idle", start=spoken, within=20
         )
         assert " ".join(rig.tts.calls) == APOLOGY
-        assert sample(rig.metrics, "voice_errors_total", {"stage": "agent"}) == 1
+        assert sample(rig.metrics, "corral_voice_errors_total", {"stage": "agent"}) == 1
 
 
 async def test_cancelling_the_session_mid_turn_cancels_the_run_and_leaves_no_task(tmp_path: Path) -> None:
@@ -457,12 +515,12 @@ def test_the_websocket_authorizes_checks_start_and_runs_a_session(tmp_path: Path
             assert harness.voice.sessions == {}
             metrics = client.get("/metrics", headers={"authorization": f"Bearer {harness.key}"}).text
             for name in (
-                "voice_stt_seconds_bucket",
-                "voice_llm_ttft_seconds_count",
-                "voice_tts_first_audio_seconds_sum",
-                "voice_to_voice_seconds_count",
-                "voice_turns_total",
-                "voice_barge_ins_total",
+                "corral_voice_stt_seconds_bucket",
+                "corral_voice_llm_ttft_seconds_count",
+                "corral_voice_tts_first_audio_seconds_sum",
+                "corral_voice_to_voice_seconds_count",
+                "corral_voice_turns_total",
+                "corral_voice_barge_ins_total",
             ):
                 assert name in metrics, name
         finally:

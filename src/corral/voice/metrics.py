@@ -20,37 +20,40 @@ class VoiceMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.stt = Histogram(
-            "voice_stt_seconds",
+            "corral_voice_stt_seconds",
             "From the end of the user's speech (VAD stop) to the final transcript of the turn",
             buckets=VOICE_BUCKETS,
             registry=r,
         )
         self.llm_ttft = Histogram(
-            "voice_llm_ttft_seconds",
+            "corral_voice_llm_ttft_seconds",
             "From the final transcript (the agent run starts) to the first answer token",
             buckets=VOICE_BUCKETS,
             registry=r,
         )
         self.tts_first_audio = Histogram(
-            "voice_tts_first_audio_seconds",
+            "corral_voice_tts_first_audio_seconds",
             "From the first answer token to the first audio byte sent (first sentence + synthesis)",
             buckets=VOICE_BUCKETS,
             registry=r,
         )
         self.voice_to_voice = Histogram(
-            "voice_to_voice_seconds",
+            "corral_voice_to_voice_seconds",
             "From the end of the user's speech to the first audio byte of the answer",
             buckets=VOICE_BUCKETS,
             registry=r,
         )
-        self.turns = Counter("voice_turns", "User turns that started an agent run", registry=r)
+        self.turns = Counter("corral_voice_turns", "User turns that started an agent run", registry=r)
         self.barge_ins = Counter(
-            "voice_barge_ins", "Answers the user interrupted by speaking over them", registry=r
+            "corral_voice_barge_ins", "Answers the user interrupted by speaking over them", registry=r
         )
         self.errors = Counter(
-            "voice_errors", "Voice failures by stage (stt, agent, tts, transport)", ["stage"], registry=r
+            "corral_voice_errors",
+            "Voice failures by stage (stt, agent, tts, transport)",
+            ["stage"],
+            registry=r,
         )
-        self.sessions = Gauge("voice_sessions", "Open voice sessions", ["transport"], registry=r)
+        self.sessions = Gauge("corral_voice_sessions", "Open voice sessions", ["transport"], registry=r)
 
     def error(self, stage: ErrorStage) -> None:
         self.errors.labels(stage).inc()
