@@ -27,6 +27,7 @@ from corral.errors import ConfigError
 from corral.gateway.limits import RateLimitConfig
 from corral.gateway.security import Origin
 from corral.integrations.settings import MqttConfig
+from corral.supervisor.settings import SupervisorConfig
 from corral.voice.settings import VoiceConfig
 
 CONFIG_VERSION = 1
@@ -109,6 +110,7 @@ class CorralConfig(_Strict):
     agent: AgentConfig = AgentConfig()
     ui: UIConfig = UIConfig()
     voice: VoiceConfig = VoiceConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
     mqtt: MqttConfig = MqttConfig()
 
     @model_validator(mode="after")

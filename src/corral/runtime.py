@@ -29,6 +29,7 @@ from corral.integrations.settings import with_world_broker
 from corral.models.bundled import Progress
 from corral.models.catalog import Catalog, ModelEntry, check_fit
 from corral.paths import CorralPaths
+from corral.supervisor.service import build_supervisor
 from corral.secrets import check_private
 
 if TYPE_CHECKING:
@@ -143,6 +144,11 @@ class Runtime:
         )
         gateway.agent = self.agent(gateway)
         gateway.voice = self.voice(gateway)
+        gateway.supervisor = build_supervisor(
+            self.config.supervisor, self.paths.home, engine, agent=gateway.agent,
+            registry=gateway.metrics.registry, logs=gateway.logs.lines,
+            resolve_model=Catalog(self.paths.models, self.progress).resolve,
+        )  # fmt: skip
         if self.config.mqtt.enabled:
             bridge = HomeAssistantBridge(self.config.mqtt, gateway.status, gateway.readiness, env=self.env)
             gateway.background.append(bridge.running)

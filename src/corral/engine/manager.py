@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,12 @@ class ReplicaHealth:
     metrics: ReplicaMetrics = field(default_factory=ReplicaMetrics)
     ready_since: float = 0.0
     unhealthy_since: float = 0.0
+    held: bool = False  # the supervisor heals it: the monitor neither restarts nor re-reports it
+
+
+ExitHook = Callable[[Replica, int], bool]
+"""Told of a replica's exit (its return code, negative for a signal); True means "I heal this one":
+the Engine then leaves it down instead of restarting it. The supervisor is the one hook."""
 
 
 class Engine:
@@ -61,6 +67,7 @@ class Engine:
         self.health: dict[str, ReplicaHealth] = {}
         self._tasks = TaskOwner()
         self._stopping = False
+        self.on_exit: ExitHook | None = None
 
     def add(self, spec: ReplicaSpec) -> Replica:
         replica = Replica(spec, self.binaries, self.log_dir)
@@ -103,12 +110,23 @@ class Engine:
         await self._tasks.close()
         await asyncio.gather(*(r.stop() for r in self.replicas))
 
+    def replace_spec(self, replica: Replica, spec: ReplicaSpec) -> None:
+        """Give a replica new settings (the supervisor's healing); they apply at its next start."""
+        if spec.name != replica.spec.name:
+            raise ValueError(f"a spec for {spec.name} cannot replace {replica.spec.name}'s")
+        replica.spec = spec
+
+    def release(self, replica: Replica) -> None:
+        """The supervisor gives a held replica back: the monitor restarts it as usual."""
+        self.health[replica.spec.name].held = False
+
     async def restart(self, replica: Replica, reason: str) -> bool:
         """Stop (if needed) and start one replica; True when it came back ready."""
         health = self.health[replica.spec.name]
         if health.restarting or self._stopping:
             return False
         health.restarting = True
+        health.held = False
         try:
             log.warning("restarting %s: %s", replica.spec.name, reason)
             replica.state.restarts += 1
@@ -133,11 +151,14 @@ class Engine:
 
     async def _check(self, replica: Replica) -> None:
         health = self.health[replica.spec.name]
-        if health.restarting:
+        if health.restarting or health.held:
             return
         process = replica.process
         if process is not None and process.returncode is not None:
             replica.state.set_status("crashed", error=f"exit code {process.returncode}\n{replica.log_tail()}")
+            if self.on_exit is not None and self.on_exit(replica, process.returncode):
+                health.held = True
+                return
             self._tasks.spawn(
                 self.restart(replica, f"exited with code {process.returncode}"),
                 name=f"restart-{replica.spec.name}",

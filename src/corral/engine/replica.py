@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,7 @@ class ReplicaSpec:
     embedding: bool = False
     extra_args: tuple[str, ...] = ()
     host: str = "127.0.0.1"
+    memory_limit_bytes: int | None = None  # address-space limit (RLIMIT_AS); the supervisor may raise it
 
     @property
     def name(self) -> str:
@@ -61,6 +64,17 @@ class ReplicaSpec:
             if template is not None:
                 args += ["--chat-template-file", str(template)]
         return args + list(self.extra_args)
+
+
+def _child_setup(memory_limit_bytes: int | None) -> Callable[[], None]:
+    """What runs in the child before exec: die with corral, and the memory limit if one is set."""
+
+    def setup() -> None:
+        _die_with_parent()
+        if memory_limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+
+    return setup
 
 
 def _die_with_parent() -> None:
@@ -134,7 +148,7 @@ class Replica:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.binaries.env(),
                 start_new_session=True,  # our Ctrl-C is handled by us, not sent to children
-                preexec_fn=_die_with_parent,
+                preexec_fn=_child_setup(self.spec.memory_limit_bytes),
             )
         finally:
             log.close()

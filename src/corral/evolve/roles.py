@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from corral.agent.nodes.llm import TOOL_SYSTEM
+from corral.supervisor.prompts import REFLECTION_SEED
 
 # The system prompt of agent.yaml's `plain` node (its `system:` input says the same words).
 ANSWER_SYSTEM = "Answer the user's last message directly and briefly, using what the tools found."
@@ -39,3 +40,4 @@ def seed(name: str) -> str:
 
 register("system", TOOL_SYSTEM, "the agent's tool-choice system prompt (agent.yaml `decide`)")
 register("answer", ANSWER_SYSTEM, "the agent's plain-answer system prompt (agent.yaml `plain`)")
+register("reflection", REFLECTION_SEED, "the supervisor's reflection prompt (reflect.yaml `ask`)")

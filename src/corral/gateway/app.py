@@ -29,6 +29,7 @@ from corral.gateway.logins import COOKIE, LoginBook
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy, parse_body, read_body
 from corral.gateway.router import Router
+from corral.gateway.supervisor_api import install_supervisor_routes
 from corral.gateway.security import SecurityHeaders, install_cors
 from corral.gateway.ui_api import install_ui_routes
 from corral.gateway.voice_api import install_voice_routes
@@ -36,6 +37,7 @@ from corral.mcp_server import install_mcp_route
 
 if TYPE_CHECKING:
     from corral.agent.service import AgentService
+    from corral.supervisor.service import Supervisor
     from corral.voice.service import VoiceService
 
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
@@ -55,6 +57,7 @@ class Gateway:
     created: int = field(default_factory=lambda: int(time.time()))
     agent: AgentService | None = None
     voice: VoiceService | None = None  # started and stopped with the app (needs the agent running)
+    supervisor: Supervisor | None = None  # watches the engine's replicas; started with the app
     nodes: Callable[[], list[dict[str, Any]]] = lambda: []
     links: list[dict[str, str]] = field(default_factory=list)
     ui: bool = True  # serve Mission Control's files at `/` (its API routes are there either way)
@@ -148,6 +151,9 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             if lifespan is not None:
                 await stack.enter_async_context(lifespan())
+            if gateway.supervisor is not None:
+                await gateway.supervisor.start()
+                stack.push_async_callback(gateway.supervisor.stop)
             if gateway.agent is not None and gateway.agent.started:
                 await stack.enter_async_context(gateway.agent_metrics.running(gateway.agent.bus))
             for service in gateway.background:
@@ -191,6 +197,8 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
         install_evolve_routes(app, gateway.agent.prompts.home, authorize)
     if gateway.voice is not None:
         install_voice_routes(app, gateway.voice, authorize)
+    if gateway.supervisor is not None:
+        install_supervisor_routes(app, gateway.supervisor, authorize)
     mcp_lifespan = install_mcp_route(app, gateway) if gateway.mcp else None
     # Outermost last: CORS answers preflights, headers go on every answer, limits come first.
     app.add_middleware(

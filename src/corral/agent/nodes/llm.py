@@ -60,6 +60,9 @@ class LlmParams(NodeParams):
     prompt_role: str | None = Field(
         None, description="an evolvable prompt role (corral evolve): its promoted prompt replaces `system`"
     )
+    grammar: str | None = Field(
+        None, description="a GBNF grammar (llama-server) for a JSON answer; wins over json_schema"
+    )
 
 
 @register
@@ -99,10 +102,11 @@ class LlmNode(NodeType):
             temperature=params.temperature,
             stop=list(params.stop),
             json_schema=params.json_schema,
+            grammar=params.grammar,
         )
         result = await _llm(ctx).complete(request, ctx.token)
         parsed: Any = None
-        if params.json_schema is not None:
+        if params.json_schema is not None or params.grammar is not None:
             parsed = parse_json(result.text)
         outputs = {"text": result.text.strip(), "expert": result.expert, "replica": result.replica}
         return NodeResult({**outputs, "json": parsed})

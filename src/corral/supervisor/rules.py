@@ -1,0 +1,54 @@
+"""Known crash signatures, classified by rules before any model is asked.
+
+The split: a signature whose cause and fix are certain (the kernel's OOM kill, an allocation
+failure, a KV cache that does not fit, a segfault) gets its action from this table at once and
+for free; everything else — repeated plain crashes, unknown exits, failed runs with odd errors —
+goes to the reflection workflow, which may also answer "novel".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from corral.supervisor.actions import HealingAction, IncreaseMemory, ReduceContext, Restart
+from corral.supervisor.diagnostics import Bundle
+
+_ALLOC = re.compile(r"failed to allocate|out of memory|std::bad_alloc|cannot allocate memory", re.I)
+_CONTEXT = re.compile(
+    r"kv.?cache|context size|n_ctx|exceeds the available context|context overflow|context shift", re.I
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # oom_kill | alloc_failure | context_overflow | segfault | crash | repeated_crash | ...
+    action: HealingAction | None  # None: ask the reflection workflow
+    reason: str
+    needs_healing: bool = True  # False: a single plain crash, which the Engine's restart covers
+
+
+def classify(bundle: Bundle, repeat_threshold: int = 3) -> Verdict:
+    tail = bundle.log_tail
+    if _ALLOC.search(tail) and _CONTEXT.search(tail):
+        reason = "an allocation for the context (KV cache) failed: a smaller context needs less memory"
+        return Verdict("context_overflow", ReduceContext(reason=reason), reason)
+    if _ALLOC.search(tail):
+        if bundle.memory.limit_bytes is not None:
+            reason = "an allocation failed under the replica's memory limit: raise the limit"
+            return Verdict("alloc_failure", IncreaseMemory(reason=reason), reason)
+        reason = "an allocation failed with no limit set: the machine is short of memory, use less"
+        return Verdict("alloc_failure", ReduceContext(reason=reason), reason)
+    if bundle.signal == "SIGKILL":
+        reason = "killed by SIGKILL without corral asking: the kernel's OOM killer; use less memory"
+        return Verdict("oom_kill", ReduceContext(reason=reason), reason)
+    if bundle.signal == "SIGSEGV" or bundle.exit_code == 139:
+        if bundle.crashes_in_window <= 1:
+            reason = "a first segfault: restart once and watch whether it recurs"
+            return Verdict("segfault", Restart(reason=reason), reason)
+        return Verdict("segfault", None, "a segfault that recurs: ask reflection")
+    if bundle.source == "run":
+        return Verdict("run_failed", None, "a failed run: ask reflection")
+    if bundle.crashes_in_window >= repeat_threshold:
+        return Verdict("repeated_crash", None, "a crash that restarts did not fix: ask reflection")
+    return Verdict("crash", Restart(reason="a single crash"), "a single crash", needs_healing=False)
