@@ -610,3 +610,25 @@ async def test_a_webrtc_peer_gets_an_answer_and_the_session_talks_on_its_data_ch
         await harness.voice.stop()
         await harness.agent.stop()
     assert harness.voice.sessions == {}
+
+
+async def test_a_missing_voice_workflow_is_reported_at_start(tmp_path: Path) -> None:
+    agent = AgentService(AgentConfig(), tmp_path / "agent", FakeLLM(), workflows_dir=tmp_path / "wf")
+    await agent.start()
+    engines = Engines(FakeTranscriber(), FakeSynthesizer())
+    try:
+        for workflow, error in (("voice", None), ("no-such-flow", "voice.workflow 'no-such-flow'")):
+            config = VoiceConfig.model_validate({"workflow": workflow})
+            voice = VoiceService(config, agent, registry=CollectorRegistry(), engines=engines)
+            await voice.start()
+            try:
+                status = voice.status()
+                if error is None:
+                    assert status["workflow_error"] is None
+                else:
+                    assert status["workflow_error"].startswith(error)
+                    assert "the workflows are:" in status["workflow_error"]
+            finally:
+                await voice.stop()
+    finally:
+        await agent.stop()

@@ -96,6 +96,7 @@ class VoiceService:
         self.models_dir = models_dir
         self.stt_mode: SttMode = stt_mode
         self.error: str | None = None
+        self.workflow_error: str | None = None  # voice.workflow was missing when voice started
         self.sessions: dict[str, VoiceSession] = {}
         self._engines = engines
         self._loaded = asyncio.Event()
@@ -122,6 +123,17 @@ class VoiceService:
             return
         self._started = True
         quiet_pipecat_logs()
+        self.workflow_error = None
+        if self.agent.started:
+            try:
+                self.agent.library.get(self.workflow)
+            except CorralError as exc:  # a workflow saved later (e.g. in the UI) still works
+                self.workflow_error = f"voice.workflow {self.workflow!r}: {exc}"
+                log.warning(
+                    "%s; voice turns will fail until it exists: save it, or set voice.workflow in "
+                    "corral.yaml to one of them",
+                    self.workflow_error,
+                )
         if self._engines is None:
             self._tasks.spawn(self._load(), "voice-engines")
         elif self.config.wyoming.enabled:
@@ -219,6 +231,7 @@ class VoiceService:
             "ready": engines is not None,
             "error": self.error,
             "workflow": self.workflow,
+            "workflow_error": self.workflow_error,
             "stt": engines.transcriber.name if engines else None,
             "tts": engines.synthesizer.name if engines else None,
             "sample_rate": engines.synthesizer.sample_rate if engines else None,

@@ -1009,6 +1009,7 @@ export async function mount(root, ctx) {
     if (status.ready) {
       enginesLine.dataset.ready = "true";
       enginesLine.textContent = `Speech to text: ${status.stt} · voice: ${status.tts} · workflow: ${status.workflow}`;
+      if (status.workflow_error) showError(`${status.workflow_error}. Save that workflow, or set voice.workflow in corral.yaml.`);
     } else if (status.error) {
       enginesLine.dataset.ready = "false";
       enginesLine.textContent = "";
