@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import HTTPConnection
 
+from corral.errors import BadRequestError
 from corral.evolve.archive import Archive
 from corral.evolve.tree import detail, tree
 from corral.gateway.auth import Scope
 from corral.gateway.proxy import parse_body, read_body
 
 Authorize = Callable[[HTTPConnection, Scope], Any]
+M = TypeVar("M", bound=BaseModel)
 
 
 class PromoteBody(BaseModel):
@@ -29,6 +31,15 @@ class PromoteBody(BaseModel):
 class RollbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str | None = Field(None, max_length=64)
+
+
+def _parse(model: type[M], raw: bytes) -> M:
+    try:
+        return model.model_validate(parse_body(raw) if raw.strip() else {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequestError(f"{where}: {first['msg']}", param=where) from None
 
 
 def install_evolve_routes(app: FastAPI, home: Path, authorize: Authorize) -> None:
@@ -65,7 +76,7 @@ def install_evolve_routes(app: FastAPI, home: Path, authorize: Authorize) -> Non
         """Point the variant's role at it (admin). 400 with the reason when it fails a required case
         or regresses on held-out cases; the agent uses the new prompt from its next node run."""
         authorize(request, "admin")
-        body = PromoteBody.model_validate(parse_body(await read_body(request, 64 * 1024)))
+        body = _parse(PromoteBody, await read_body(request, 64 * 1024))
 
         def promote(a: Archive) -> dict[str, Any]:
             variant = a.promote(body.variant_id, require_case_ids=body.require_case_ids, reason="ui")
@@ -78,8 +89,7 @@ def install_evolve_routes(app: FastAPI, home: Path, authorize: Authorize) -> Non
     async def evolve_rollback(request: Request) -> dict[str, Any]:
         """Move a role's promoted pointer back (admin); `role` defaults to the last promoted role."""
         authorize(request, "admin")
-        raw = await read_body(request, 4096)
-        body = RollbackBody.model_validate(parse_body(raw)) if raw.strip() else RollbackBody()
+        body = _parse(RollbackBody, await read_body(request, 4096))
 
         def rollback(a: Archive) -> dict[str, Any]:
             now = a.rollback(body.role)
