@@ -13,6 +13,7 @@ const VIEWS = {
   history: { title: "History", load: () => import("./history.js") },
   editor: { title: "Editor", load: () => import("./editor.js") },
   voice: { title: "Voice", load: () => import("./voice.js") },
+  archive: { title: "Archive", load: () => import("./archive.js") },
 };
 const DEFAULT_VIEW = "dashboard";
 
