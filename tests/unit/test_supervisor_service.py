@@ -235,11 +235,15 @@ async def test_novel_writes_a_train_case_and_a_paraphrase(tmp_path: Path, starte
     assert world.supervisor.get(incident.id).adaptation["stage"] == "refused"
 
 
-async def test_adaptation_without_a_model_records_why(tmp_path: Path) -> None:
-    manager = AdaptationManager(tmp_path, SupervisorConfig().adaptation, None)
+async def test_a_campaign_that_cannot_run_is_recorded_as_failed(tmp_path: Path) -> None:
+    suites = tmp_path / "evolve" / "suites"
+    suites.mkdir(parents=True)
+    (suites / "reflection.yaml").write_text("version: 1\nname: reflection\nrole: [oops\n")  # malformed
+    manager = AdaptationManager(tmp_path, SupervisorConfig().adaptation, llm=FakeLLM())
     record = await manager.run(Record(incident="x", cases={"novel-x": "f"}))
-    assert record.stage == "failed" and "no model" in record.history[-1]["reason"]
-    assert manager.record("x") is not None  # saved, even with no incident file to mirror into
+    assert record.stage == "failed" and "reflection.yaml" in record.history[-1]["reason"]
+    saved = manager.record("x")  # saved, even with no incident file to mirror into
+    assert saved is not None and saved.stage == "failed"
 
 
 def test_paraphrase_rewords_but_keeps_the_log() -> None:
@@ -277,6 +281,11 @@ async def test_approve_and_reject_over_http(tmp_path: Path, started: list[World]
         one = (await http.get(f"/api/supervisor/incidents/{incident.id}", headers=user)).json()
         assert one["bundle"]["signal"] == "SIGKILL"
         assert (await http.get("/api/supervisor", headers=user)).json()["proposed"] == 1
+        mode = await http.put("/api/supervisor/mode", headers=admin, json={"mode": "sideways"})
+        assert mode.status_code == 400 and "autonomous" in mode.text
+        assert (
+            await http.put("/api/supervisor/mode", headers=user, json={"mode": "observe"})
+        ).status_code == 403
         assert (
             await http.post(f"/api/supervisor/incidents/{incident.id}/approve", headers=user)
         ).status_code == 403

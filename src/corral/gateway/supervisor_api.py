@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 
 from corral.errors import BadRequestError
 from corral.gateway.auth import Scope
+from corral.supervisor.settings import Mode
 
 if TYPE_CHECKING:
     from corral.supervisor.incidents import Incident
@@ -23,6 +24,11 @@ Authorize = Callable[[HTTPConnection, Scope], Any]
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field("", max_length=500)
+
+
+class ModeChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Mode
 
 
 def summary(incident: Incident) -> dict[str, Any]:
@@ -61,6 +67,19 @@ def install_supervisor_routes(app: FastAPI, supervisor: Supervisor, authorize: A
     async def supervisor_status(request: Request) -> dict[str, Any]:
         """The mode, the settings that bound healing, and how many incidents wait for a human."""
         authorize(request, "user")
+        return supervisor.status()
+
+    @app.put("/api/supervisor/mode", tags=["supervisor"])
+    async def set_mode(request: Request) -> dict[str, Any]:
+        """Switch {"mode": "observe"|"review"|"autonomous"} until the next start. Admin scope."""
+        authorize(request, "admin")
+        try:
+            change = ModeChange.model_validate_json(await request.body())
+        except ValidationError:
+            raise BadRequestError(
+                'send {"mode": "observe"}, {"mode": "review"} or {"mode": "autonomous"}', param="mode"
+            ) from None
+        supervisor.set_mode(change.mode)
         return supervisor.status()
 
     @app.get("/api/supervisor/incidents", tags=["supervisor"])

@@ -195,50 +195,18 @@ class AdaptationManager:
         return resumed
 
     async def run(self, record: Record) -> Record:
-        """Campaign, then promotion or its refusal; a failure is recorded, never raised."""
-        from corral.evolve.archive import Archive, PromotionRefused
-        from corral.evolve.campaign import evaluate_split, run_campaign
-        from corral.evolve.evaluate import Budget
-
-        llm = self.llm
-        if llm is None:
-            record.note("failed", reason="no model to run the campaign with (the agent is not running)")
-            self.save(record)
-            return record
-        train_case = next(c for c in record.cases if not c.endswith("-para"))
+        """Campaign, then promotion or its refusal; a failure is recorded, never raised. With no
+        model given (no agent: the CLI, a test), the models of this home's corral.yaml are
+        started for the campaign's duration (corral.evolve.host)."""
         async with self._lock:
             try:
-                record.note("campaign_running", generations=self.settings.generations,
-                            max_metric_calls=self.settings.max_metric_calls)  # fmt: skip
-                self.save(record)
-                result = await run_campaign(
-                    self.home,
-                    SUITE,
-                    generations=self.settings.generations,
-                    selection=self.settings.selection,
-                    budget=Budget(max_metric_calls=self.settings.max_metric_calls),
-                    llm=llm,
-                )
-                record.campaign = {k: v for k, v in result.as_dict().items() if k != "scores"}
-                if not result.improved:
-                    record.promotion = {"promoted": False, "reason": "no variant beat the current prompt"}
-                    record.note("refused", campaign=result.campaign, reason=record.promotion["reason"])
-                    self.save(record)
-                    return record
-                # the required case must have been scored: the campaign's minibatch may have missed it
-                await evaluate_split(self.home, SUITE, [result.best], "train", llm=llm)
-                archive = Archive(self.home)
-                try:
-                    archive.promote(result.best, require_case_ids=[train_case],
-                                    reason=f"adaptation to incident {record.incident}")  # fmt: skip
-                except PromotionRefused as exc:
-                    record.promotion = {"promoted": False, "variant": result.best, "reason": exc.message}
-                    record.note("refused", variant=result.best, reason=exc.message)
+                if self.llm is not None:
+                    await self._campaign(record, self.llm)
                 else:
-                    record.promotion = {"promoted": True, "variant": result.best, "role": ROLE}
-                    record.note("promoted", variant=result.best)
-                finally:
-                    archive.close()
+                    from corral.evolve.host import local_llm
+
+                    async with local_llm(self.home) as started:
+                        await self._campaign(record, started)
             except asyncio.CancelledError:
                 record.history.append({"time": time.time(), "stage": record.stage, "interrupted": True})
                 self.save(record)
@@ -248,3 +216,44 @@ class AdaptationManager:
                 record.note("failed", reason=f"{type(exc).__name__}: {exc}")
             self.save(record)
             return record
+
+    async def _campaign(self, record: Record, llm: LLMClient) -> None:
+        from corral.evolve.archive import Archive, PromotionRefused
+        from corral.evolve.campaign import evaluate_split, run_campaign
+        from corral.evolve.evaluate import Budget
+
+        train_case = next(c for c in record.cases if not c.endswith("-para"))
+        record.note(
+            "campaign_running",
+            generations=self.settings.generations,
+            max_metric_calls=self.settings.max_metric_calls,
+        )
+        self.save(record)
+        result = await run_campaign(
+            self.home,
+            SUITE,
+            generations=self.settings.generations,
+            selection=self.settings.selection,
+            budget=Budget(max_metric_calls=self.settings.max_metric_calls),
+            llm=llm,
+        )
+        record.campaign = {k: v for k, v in result.as_dict().items() if k != "scores"}
+        if not result.improved:
+            record.promotion = {"promoted": False, "reason": "no variant beat the current prompt"}
+            record.note("refused", campaign=result.campaign, reason=record.promotion["reason"])
+            return
+        # the required case must have been scored: the campaign's minibatch may have missed it
+        await evaluate_split(self.home, SUITE, [result.best], "train", llm=llm)
+        archive = Archive(self.home)
+        try:
+            archive.promote(
+                result.best, require_case_ids=[train_case], reason=f"adaptation to incident {record.incident}"
+            )
+        except PromotionRefused as exc:
+            record.promotion = {"promoted": False, "variant": result.best, "reason": exc.message}
+            record.note("refused", variant=result.best, reason=exc.message)
+        else:
+            record.promotion = {"promoted": True, "variant": result.best, "role": ROLE}
+            record.note("promoted", variant=result.best)
+        finally:
+            archive.close()

@@ -32,7 +32,7 @@ from corral.supervisor.incidents import Incident, IncidentStore, new_id
 from corral.supervisor.metrics import SupervisorMetrics
 from corral.supervisor.reflection import reflect
 from corral.supervisor.rules import Verdict, classify
-from corral.supervisor.settings import SupervisorConfig
+from corral.supervisor.settings import Mode, SupervisorConfig
 from corral.tasks import TaskOwner
 
 if TYPE_CHECKING:
@@ -132,6 +132,11 @@ class Supervisor:
             "proposed": sum(1 for i in incidents if i.status == "proposed"),
             "adaptation": s.adaptation.enabled,
         }
+
+    def set_mode(self, mode: Mode) -> None:
+        """Switch observe/review/autonomous until the next start (corral.yaml keeps the default)."""
+        log.warning("supervisor mode: %s -> %s", self.settings.mode, mode)
+        self.settings.mode = mode
 
     def limits(self) -> Limits:
         available, _ = machine_memory()

@@ -14,6 +14,7 @@ const VIEWS = {
   editor: { title: "Editor", load: () => import("./editor.js") },
   voice: { title: "Voice", load: () => import("./voice.js") },
   archive: { title: "Archive", load: () => import("./archive.js") },
+  incidents: { title: "Incidents", load: () => import("./incidents.js") },
 };
 const DEFAULT_VIEW = "dashboard";
 
