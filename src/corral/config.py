@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from corral.agent.settings import AgentConfig
+from corral.cluster.settings import ClusterConfig
 from corral.errors import ConfigError
 from corral.gateway.limits import RateLimitConfig
 from corral.gateway.security import Origin
@@ -110,6 +111,7 @@ class CorralConfig(_Strict):
     agent: AgentConfig = AgentConfig()
     ui: UIConfig = UIConfig()
     voice: VoiceConfig = VoiceConfig()
+    cluster: ClusterConfig = ClusterConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     mqtt: MqttConfig = MqttConfig()
 
