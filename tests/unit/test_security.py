@@ -170,3 +170,33 @@ def test_the_key_store_is_private_and_a_loosened_one_is_refused(tmp_path: Path) 
     keys.path.chmod(0o604)
     with pytest.raises(ConfigError, match="chmod 600"):
         check_private(keys.path, "credentials file")
+
+
+async def test_a_body_a_route_checks_itself_is_a_400_not_a_500(harness: Harness) -> None:
+    async with _client(harness.app) as client:  # found by the fuzzer: an unknown field at login
+        response = await client.post("/api/login", json={"key": "0", "unknown": 42})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "unknown"
+
+
+def test_corral_mcp_refuses_a_loose_key_file_and_says_when_no_gateway_answers(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from corral.cli import app
+    from corral.testing.gateway_server import free_port
+
+    key_file = tmp_path / "key"
+    key_file.write_text("crl_00ff00ff_SecretSecretSecret\n")
+    key_file.chmod(0o644)
+    nobody = f"http://127.0.0.1:{free_port()}/mcp"
+    home = ["--home", str(tmp_path / "home")]
+    runner = CliRunner()
+    loose = runner.invoke(app, ["mcp", "--url", nobody, "--key-file", str(key_file), *home])
+    assert loose.exit_code == 2 and "chmod 600" in " ".join(loose.output.split())
+    missing = runner.invoke(app, ["mcp", "--url", nobody, *home], env={"CORRAL_API_KEY": ""})
+    assert missing.exit_code == 2 and "CORRAL_API_KEY" in missing.output
+    key_file.chmod(0o600)
+    down = runner.invoke(app, ["mcp", "--url", nobody, "--key-file", str(key_file), *home])
+    text = " ".join(down.output.split())
+    assert down.exit_code == 2 and "cannot reach" in text and "corral up" in text
+    assert "SecretSecretSecret" not in text

@@ -27,6 +27,7 @@ from corral.gateway.limits import Limits, RateLimitConfig
 from corral.gateway.logbook import LogBook
 from corral.gateway.logins import COOKIE, LoginBook
 from corral.gateway.metrics import GatewayMetrics
+from corral.gateway.openapi import install_openapi
 from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy, parse_body, read_body
 from corral.gateway.router import Router
 from corral.gateway.supervisor_api import install_supervisor_routes
@@ -176,6 +177,7 @@ def create_app(gateway: Gateway, lifespan: Lifespan | None = None) -> FastAPI:
     )
     app.state.gateway = gateway
     install_error_handlers(app)
+    install_openapi(app)
     proxy = gateway.proxy
 
     def authorize(conn: HTTPConnection, need: Scope = "user") -> KeyRecord:

@@ -8,6 +8,7 @@ import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -80,6 +81,19 @@ def install_error_handlers(app: FastAPI) -> None:
             media_type="application/json",
         )
 
+    async def model_error(_: Request, exc: Exception) -> Response:
+        """A body checked by a pydantic model inside a route (login, keys, ...): the caller's
+        mistake, answered like FastAPI's own validation errors."""
+        assert isinstance(exc, ValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = f"{param or 'body'}: {first['msg']}; fix this field and retry"
+        return Response(
+            error_body(message, "invalid_request_error", param=param),
+            status_code=400,
+            media_type="application/json",
+        )
+
     async def unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error", exc_info=exc)
         return Response(
@@ -94,4 +108,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CorralError, corral_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ValidationError, model_error)
     app.add_exception_handler(Exception, unexpected)
