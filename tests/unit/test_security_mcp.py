@@ -31,7 +31,8 @@ async def test_lists_corral_tools_with_their_schemas(harness: Harness) -> None:
         if name != "final_answer":
             assert tools[name].input_schema == dict(registry.get(name).spec.parameters)
     assert "refused over MCP" in (tools["shell"].description or "")  # medium risk: ask
-    assert tools[STATUS].annotations is not None and tools[STATUS].annotations.read_only_hint
+    annotations = tools[STATUS].annotations
+    assert annotations is not None and annotations.read_only_hint
 
 
 async def test_a_tool_that_needs_approval_is_refused_not_run(harness: Harness) -> None:
