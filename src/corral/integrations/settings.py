@@ -40,7 +40,10 @@ class MqttBrokerConfig(_Strict):
 
     def password(self, env: Mapping[str, str] | None = None) -> str | None:
         return secret_from(
-            file=self.password_file, env_var=self.password_env, env=env, what="the MQTT password"
+            file=self.password_file and self.password_file.expanduser(),
+            env_var=self.password_env,
+            env=env,
+            what="the MQTT password",
         )
 
 
@@ -108,7 +111,10 @@ class HomeAssistantConfig(_Strict):
 
     def token(self, env: Mapping[str, str] | None = None) -> str:
         token = secret_from(
-            file=self.token_file, env_var=self.token_env, env=env, what="the Home Assistant token"
+            file=self.token_file and self.token_file.expanduser(),
+            env_var=self.token_env,
+            env=env,
+            what="the Home Assistant token",
         )
         if token is None:
             raise ConfigError(
