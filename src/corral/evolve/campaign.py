@@ -3,8 +3,8 @@ archive as they happen, so a campaign cut off midway continues where it stopped.
 
 A generation: choose a parent among the candidates (variants that reached validation); score it on
 a small train minibatch; let the mutating model revise its prompt from the failures; score the
-child on the same minibatch; only a child at least as good goes on to validation and becomes a
-candidate. At the end the best candidate and the baseline (the promoted or seed prompt) are scored
+child on the same minibatch; only a child at least as good (and not failing the whole minibatch)
+goes on to validation and becomes a candidate. At the end the best candidate and the baseline (the promoted or seed prompt) are scored
 on the held-out split, which exists only for promotion.
 """
 
@@ -281,7 +281,7 @@ class _Campaign:
         after = await self.evaluate(child, batch)
         parent_mean = mean(s.score for s in before.values())
         child_mean = mean(s.score for s in after.values())
-        if child_mean < parent_mean:
+        if child_mean < parent_mean or child_mean == 0:  # worse, or no better than nothing
             self.archive.record_event(
                 self.id, generation, "generation", variant=child.id, outcome="rejected",
                 minibatch=[c.id for c in batch], parent_score=parent_mean, child_score=child_mean,

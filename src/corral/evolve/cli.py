@@ -200,16 +200,18 @@ def show_cmd(
         if as_json:
             console.print_json(json.dumps(data))
             return
-        table = Table("variant", "parent", "gen", "selection", "train", "validation", "heldout", "")
+        table = Table("gen", "selection", "train", "validation", "heldout", "")
+        table.add_column("variant", no_wrap=True, min_width=14)
+        table.add_column("parent", no_wrap=True, min_width=14)
         for node in data["nodes"]:
             splits = node["splits"]
             marks = " ".join(
                 m for m, on in (("promoted", node["promoted"]), ("pareto", node["pareto"])) if on
             )
             table.add_row(
-                node["id"], ", ".join(node["parents"]) or "-", str(node["generation"]), node["selection"],
+                str(node["generation"]), node["selection"],
                 *(f"{splits[s]:.2f}" if s in splits else "-" for s in ("train", "validation", "heldout")),
-                marks,
+                marks, node["id"], ", ".join(node["parents"]) or "-",
             )  # fmt: skip
         console.print(
             f"suite [bold]{data['suite'] or '-'}[/] (suites: {', '.join(data['suites']) or 'none'})"

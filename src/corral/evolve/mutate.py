@@ -16,7 +16,7 @@ from corral.evolve.evaluate import estimate_tokens
 MUTATION_SCHEMA = {
     "type": "object",
     "properties": {
-        "rationale": {"type": "string", "minLength": 1, "maxLength": 400},
+        "rationale": {"type": "string", "minLength": 1, "maxLength": 160},
         "prompt": {"type": "string", "minLength": 1},
     },
     "required": ["rationale", "prompt"],
@@ -26,9 +26,10 @@ INSTRUCTIONS = (
     "You improve the instructions (the system prompt) of an AI assistant. You are shown the current "
     "prompt and test cases it failed, with what the assistant answered and why that failed. Write a "
     "revised prompt that fixes those failures without breaking anything else; keep it short and "
-    "general (do not copy the test answers into it). Reply with one JSON object: "
-    '{"rationale": "<what you changed and why>", "prompt": "<the full revised prompt>"}.'
+    "general (do not copy the test answers into it). Reply with one JSON object with two keys: "
+    '"rationale", one sentence on what you changed and why, and "prompt", the complete revised prompt.'
 )
+PLACEHOLDER = re.compile(r"^\s*<[^<>]{0,80}>\s*$")  # a copied template slot, not a prompt
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ async def reflect(
 ) -> Mutation:
     """One reflective mutation of `current` (one LLM call)."""
     request = LLMRequest(
-        meta_prompt(role, current, failures), model=model, max_tokens=max_prompt_tokens + 128,
+        meta_prompt(role, current, failures), model=model, max_tokens=max_prompt_tokens + 80,
         temperature=0.9, json_schema=MUTATION_SCHEMA, extra={"seed": seed},
     )  # fmt: skip
     try:
@@ -86,7 +87,7 @@ async def reflect(
     tokens = estimate_tokens(request, result)
     prompt, rationale = parse_reply(result.text)
     error = ""
-    if not prompt:
+    if not prompt or PLACEHOLDER.match(prompt):
         error = f"the mutating model returned no usable prompt ({result.text[:120]!r})"
     elif prompt.strip() == current.strip():
         error = "the mutating model returned the prompt unchanged"

@@ -12,7 +12,7 @@ const enc = encodeURIComponent;
 function colour(score) {
   if (score === null || score === undefined) return "#94a3b8";
   const hue = Math.round(Math.max(0, Math.min(1, score)) * 120);
-  return `hsl(${hue} 65% 42%)`;
+  return `hsl(${hue}, 65%, 42%)`;
 }
 
 function pct(score) {
