@@ -4,8 +4,8 @@ archive as they happen, so a campaign cut off midway continues where it stopped.
 A generation: choose a parent among the candidates (variants that reached validation); score it on
 a small train minibatch; let the mutating model revise its prompt from the failures; score the
 child on the same minibatch; only a child at least as good (and not failing the whole minibatch)
-goes on to validation and becomes a candidate. At the end the best candidate and the baseline (the promoted or seed prompt) are scored
-on the held-out split, which exists only for promotion.
+goes on to validation and becomes a candidate. At the end the best candidate and the baseline
+(the promoted or seed prompt) are scored on the held-out split, which exists only for promotion.
 """
 
 from __future__ import annotations
