@@ -1,11 +1,13 @@
 """Home Assistant over a real mosquitto: the bridge's discovery, availability and state updates
-(and surviving a broker that is down), and the world-state tools' read and write round trips,
+(surviving a broker that is down, marked offline by its last will when killed), and the world-state tools' read and write round trips,
 the write going through the approval gate."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -207,4 +209,33 @@ async def test_world_state_reads_retained_values_and_commands_go_through_the_gat
             assert not outside["ok"] and "not writable" in outside["content"]
             await runner.shutdown()
     finally:
+        watcher.close()
+
+
+KILLED = """
+import asyncio, sys
+from corral.integrations.bridge import HomeAssistantBridge
+from corral.integrations.settings import MqttConfig
+
+async def main() -> None:
+    config = MqttConfig(enabled=True, port=int(sys.argv[1]), node_id="doomed", interval_s=0.1)
+    bridge = HomeAssistantBridge(config, lambda: {"experts": [], "nodes": []}, lambda: (True, []))
+    async with bridge.running():
+        await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_corral_that_dies_is_marked_offline_by_its_last_will(tmp_path: Path, mosquitto: Broker) -> None:
+    watcher = Watcher(mosquitto)
+    process = subprocess.Popen([sys.executable, "-c", KILLED, str(mosquitto.port)])
+    try:
+        watcher.wait_for("corral/doomed/availability", "online", timeout=60)
+        process.kill()  # no clean shutdown: the broker publishes the will
+        process.wait(10)
+        watcher.wait_for("corral/doomed/availability", "offline")
+    finally:
+        if process.poll() is None:
+            process.kill()
         watcher.close()

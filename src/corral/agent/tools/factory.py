@@ -46,6 +46,11 @@ def builtin_tools(
     if config.git.repos or config.git.commit_repos:
         tools.append(GitTool(config.git))
     world = config.world_state
+    if world.broker is None and (world.read or world.write):
+        log.warning(
+            "agent.tools.world_state lists topics but has no broker: set mqtt.enabled: true (or "
+            "world_state.broker) in corral.yaml; world_state and world_command are off"
+        )
     if world.broker is not None and (world.read or world.write):
         state = WorldState(world, world.broker)
         tools += [WorldStateTool(state)] if world.read else []
