@@ -1,6 +1,6 @@
 """Home Assistant over a real mosquitto: the bridge's discovery, availability and state updates
-(surviving a broker that is down, marked offline by its last will when killed), and the world-state tools' read and write round trips,
-the write going through the approval gate."""
+(surviving a broker that is down, marked offline by its last will when killed), and the
+world-state tools' read and write round trips, the write going through the approval gate."""
 
 from __future__ import annotations
 
