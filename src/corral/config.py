@@ -24,6 +24,7 @@ from pydantic import (
 
 from corral.agent.settings import AgentConfig
 from corral.cluster.settings import ClusterConfig
+from corral.engine.pooled import PooledConfig
 from corral.errors import ConfigError
 from corral.gateway.limits import RateLimitConfig
 from corral.gateway.security import Origin
@@ -82,6 +83,7 @@ class ExpertConfig(_Strict):
         description="name of the environment variable holding the remote URL's API key",
     )
     extra_args: list[str] = []
+    pooled: PooledConfig | None = Field(None, description="spread the model over llama.cpp RPC workers")
 
     @field_validator("aliases", "fallback")
     @classmethod
@@ -177,6 +179,12 @@ def cross_check(config: CorralConfig) -> list[Problem]:
                     "sent to a remote url, so add `url:` or remove `api_key_env`",
                 )
             )
+        if expert.pooled is not None and (expert.url is not None or expert.replicas > 1):
+            problems.append((
+                ("experts", i, "pooled"),
+                f"expert {expert.name!r} is pooled: it runs one leader llama-server here over its "
+                "RPC workers, so set `replicas: 1` and remove `url`",
+            ))  # fmt: skip
     if not any(e.kind == "chat" for e in config.experts):
         problems.append((("experts",), "declare at least one expert of kind 'chat'"))
     return problems

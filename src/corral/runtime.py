@@ -16,6 +16,7 @@ from corral.backends import BackendState, HttpBackend
 from corral.config import CorralConfig, ExpertConfig
 from corral.engine.binaries import EngineBinaries, locate
 from corral.engine.manager import Engine
+from corral.engine.pooled import pooled_spec
 from corral.engine.replica import Replica, ReplicaSpec
 from corral.errors import ConfigError
 from corral.gateway.app import Gateway
@@ -66,18 +67,20 @@ class Runtime:
                     entry.info, self.profile, expert.context * expert.slots,
                     already_committed=committed,
                 )  # fmt: skip
-                if not verdict.fits:
+                remote_pool = expert.pooled is not None and bool(expert.pooled.rpc)
+                if not verdict.fits and not remote_pool:  # remote workers hold part of it
                     raise ConfigError(
                         f"expert {expert.name!r} replica {index} does not fit this machine: "
                         f"{verdict.reasons[0]} (set `replicas`, `slots` or `context` for "
                         f"{expert.name} in corral.yaml)"
                     )
                 committed += verdict.need_bytes
-                specs.append(ReplicaSpec(
+                spec = ReplicaSpec(
                     expert=expert.name, index=index, model=entry, slots=expert.slots,
                     context_per_slot=expert.context, threads=threads,
                     embedding=expert.kind == "embedding", extra_args=tuple(expert.extra_args),
-                ))  # fmt: skip
+                )  # fmt: skip
+                specs.append(spec if expert.pooled is None else pooled_spec(spec, expert.pooled))
         return specs
 
     def stops(self, expert: str) -> tuple[str, ...]:

@@ -70,7 +70,7 @@ class Engine:
         self.on_exit: ExitHook | None = None
 
     def add(self, spec: ReplicaSpec) -> Replica:
-        replica = Replica(spec, self.binaries, self.log_dir)
+        replica = spec.process(self.binaries, self.log_dir)
         self.replicas.append(replica)
         self.health[spec.name] = ReplicaHealth()
         return replica
@@ -164,11 +164,7 @@ class Engine:
                 name=f"restart-{replica.spec.name}",
             )
             return
-        try:
-            response = await self.client.get(replica.url + "/health", timeout=2.0)
-            healthy = response.status_code == 200
-        except httpx.TransportError:
-            healthy = False
+        healthy = await replica.probe(self.client)
         now = time.monotonic()
         if healthy and not replica.state.healthy:
             replica.state.set_status("ready")

@@ -65,6 +65,10 @@ class ReplicaSpec:
                 args += ["--chat-template-file", str(template)]
         return args + list(self.extra_args)
 
+    def process(self, binaries: EngineBinaries, log_dir: Path) -> Replica:
+        """The supervised process that runs this spec (a pooled spec: its leader and workers)."""
+        return Replica(self, binaries, log_dir)
+
 
 def _child_setup(memory_limit_bytes: int | None) -> Callable[[], None]:
     """What runs in the child before exec: die with corral, and the memory limit if one is set."""
@@ -161,14 +165,20 @@ class Replica:
             if self.process is None or self.process.returncode is not None:
                 self.state.set_status("crashed", error=self.log_tail())
                 return False
-            with contextlib.suppress(httpx.TransportError):
-                response = await client.get(self.url + "/health", timeout=2.0)
-                if response.status_code == 200:
-                    self.state.set_status("ready")
-                    return True
+            if await self.probe(client):
+                self.state.set_status("ready")
+                return True
             await asyncio.sleep(0.1)
         self.state.set_status("unhealthy", error=f"not ready after {timeout_s:.0f}s")
         return False
+
+    async def probe(self, client: httpx.AsyncClient) -> bool:
+        """One health check: llama-server answers /health with 200."""
+        try:
+            response = await client.get(self.url + "/health", timeout=2.0)
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200
 
     async def stop(self, grace_s: float = 5.0) -> None:
         process = self.process
