@@ -19,6 +19,7 @@ from corral.engine.manager import Engine
 from corral.engine.pooled import pooled_spec
 from corral.engine.replica import Replica, ReplicaSpec
 from corral.errors import ConfigError
+from corral.evolve.prompts import PromptBook
 from corral.gateway.app import Gateway
 from corral.gateway.auth import KeyStore
 from corral.gateway.logins import LoginBook
@@ -171,6 +172,7 @@ class Runtime:
             workflows_dir=settings.workflows_dir or self.paths.home / "workflows",
             status=gateway.status,
             memory=has_embedder,
+            prompts=PromptBook(self.paths.home),
         )
 
     def voice(self, gateway: Gateway) -> VoiceService | None:
