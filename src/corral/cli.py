@@ -28,6 +28,7 @@ from corral.gateway.security import ROOT_WARNING, running_as_root
 from corral.hardware import NodeProfile, detect_profile
 from corral.paths import CorralPaths, default_home
 from corral.secrets import install_redaction
+from corral.supervisor.cli import install as install_supervisor_commands
 
 app = typer.Typer(
     help="Corral: one private, offline AI assistant from a pile of old PCs.",
@@ -39,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 voice_app = typer.Typer(help="Speech in and out: serve corral's STT and TTS.", no_args_is_help=True)
 app.add_typer(voice_app, name="voice")
 app.add_typer(evolve_app, name="evolve")
+install_supervisor_commands(app)  # incidents
 console = Console()
 err_console = Console(stderr=True)
 

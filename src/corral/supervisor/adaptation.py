@@ -236,6 +236,7 @@ class AdaptationManager:
             selection=self.settings.selection,
             budget=Budget(max_metric_calls=self.settings.max_metric_calls),
             llm=llm,
+            minibatch=self.settings.minibatch,
         )
         record.campaign = {k: v for k, v in result.as_dict().items() if k != "scores"}
         if not result.improved:

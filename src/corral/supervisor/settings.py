@@ -18,7 +18,10 @@ class AdaptationConfig(_Strict):
 
     enabled: bool = Field(True, description="write a test case and start a campaign for novel failures")
     generations: int = Field(2, ge=1, le=20, description="campaign generations per novel failure")
-    max_metric_calls: int = Field(40, ge=1, description="evaluation calls one campaign may spend")
+    max_metric_calls: int = Field(24, ge=1, description="evaluation calls one campaign may spend")
+    minibatch: int = Field(
+        2, ge=1, le=20, description="train cases a parent and its child are first scored on"
+    )
     selection: str = Field("dgm", description="parent selection strategy of the campaign")
 
 
