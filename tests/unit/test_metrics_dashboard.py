@@ -1,6 +1,7 @@
 """/metrics of a gateway with the agent, parsed by prometheus_client's own parser, and the shipped
 Grafana dashboard checked against it: every metric a panel queries is one corral exports (names
-collected from the live registry after exercising the gateway, the agent, its tools and voice)."""
+collected from the live registry after exercising the gateway, the agent, its tools, voice and
+the supervisor)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from corral.supervisor.metrics import SupervisorMetrics
 from corral.voice.metrics import VoiceMetrics
 from tests.unit.conftest import Harness
 
@@ -23,7 +25,9 @@ async def _exported(harness: Harness) -> tuple[set[str], set[str]]:
     declared family (a labelled family with no series yet, no 429 so far say, has no samples:
     its series names follow from its type)."""
     app = harness.app
-    VoiceMetrics(harness.gateway.metrics.registry).voice_to_voice.observe(0.9)  # as voice records a turn
+    # Voice and the supervisor register in the gateway's registry when `corral up` runs them.
+    VoiceMetrics(harness.gateway.metrics.registry).voice_to_voice.observe(0.9)  # a spoken turn
+    SupervisorMetrics(harness.gateway.metrics.registry).incidents.labels("replica_exit").inc()
     async with app.router.lifespan_context(app), harness.client() as client:  # the app's own wiring
         chat = {"model": "general", "messages": [{"role": "user", "content": "hi"}]}
         assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
@@ -105,5 +109,10 @@ async def test_every_dashboard_query_names_an_exported_metric(harness: Harness) 
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("request rate", "latency", "first token", "tokens per second", "queue", "healthy"):
         assert topic in titles, topic
-    for family in ("corral_agent_runs", "corral_tool_calls", "corral_voice_to_voice_seconds"):
+    for family in (
+        "corral_agent_runs",
+        "corral_tool_calls",
+        "corral_voice_to_voice_seconds",
+        "corral_supervisor",
+    ):
         assert any(name.startswith(family) for name in queried), family
