@@ -117,6 +117,7 @@ async def test_a_child_worse_on_its_minibatch_never_reaches_validation(home: Pat
     ("reply", "error"),
     [
         ("I would rather not.", "no usable prompt"),
+        ('{"rationale": "x", "prompt": "<the complete revised prompt>"}', "no usable prompt"),
         ('{"rationale": "same", "prompt": "PLACEHOLDER"}', "unchanged"),
         (json.dumps({"rationale": "more", "prompt": "word " * 400}), "over the cap"),
     ],
