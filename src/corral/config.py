@@ -83,6 +83,9 @@ class ExpertConfig(_Strict):
         description="name of the environment variable holding the remote URL's API key",
     )
     extra_args: list[str] = []
+    memory_limit_mb: int | None = Field(
+        None, ge=64, description="address-space limit per replica (RLIMIT_AS); the supervisor may raise it"
+    )
     pooled: PooledConfig | None = Field(None, description="spread the model over llama.cpp RPC workers")
 
     @field_validator("aliases", "fallback")

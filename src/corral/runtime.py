@@ -31,8 +31,8 @@ from corral.integrations.settings import with_world_broker
 from corral.models.bundled import Progress
 from corral.models.catalog import Catalog, ModelEntry, check_fit
 from corral.paths import CorralPaths
-from corral.supervisor.service import build_supervisor
 from corral.secrets import check_private
+from corral.supervisor.service import build_supervisor
 
 if TYPE_CHECKING:
     from corral.voice.service import VoiceService
@@ -80,6 +80,7 @@ class Runtime:
                     expert=expert.name, index=index, model=entry, slots=expert.slots,
                     context_per_slot=expert.context, threads=threads,
                     embedding=expert.kind == "embedding", extra_args=tuple(expert.extra_args),
+                    memory_limit_bytes=(expert.memory_limit_mb or 0) * 1024 * 1024 or None,
                 )  # fmt: skip
                 specs.append(spec if expert.pooled is None else pooled_spec(spec, expert.pooled))
         return specs

@@ -1,7 +1,8 @@
-"""The supervisor against a real `corral up`: a llama-server replica SIGKILLed (what the kernel's
-OOM killer does) is recognised, healed with a smaller context and verified healthy, first in
-autonomous mode and then in review mode, where an admin approves the action in Mission Control
-(Debian's chromium, driven by Playwright)."""
+"""The supervisor against a real `corral up`: a replica started under too small a memory limit
+gets a larger one; a llama-server replica SIGKILLed (what the kernel's OOM killer does) is
+recognised, healed with a smaller context and verified healthy, first in autonomous mode and then
+in review mode, where an admin approves the action in Mission Control (Debian's chromium, driven
+by Playwright)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ experts:
     slots: 1
     context: 2048
     threads: 1
+  - name: tight
+    model: gemma3-270m
+    description: a replica started under too small a memory limit
+    auto: false
+    replicas: 1
+    slots: 1
+    context: 1024
+    threads: 1
+    memory_limit_mb: 650  # llama-server maps ~850 MiB: its mmap fails, "Cannot allocate memory"
 supervisor:
   mode: autonomous
   verify_s: 5
@@ -69,9 +79,11 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 240) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def incident_with(corral: RunningCorral, status: str, seen: set[str]) -> dict[str, Any] | None:
+def incident_with(
+    corral: RunningCorral, status: str, seen: set[str], target: str = NAME
+) -> dict[str, Any] | None:
     for incident in call(corral, "GET", "/api/supervisor/incidents")["incidents"]:
-        if incident["id"] not in seen and incident["status"] == status:
+        if incident["id"] not in seen and incident["status"] == status and incident["target"] == target:
             return dict(incident)
     return None
 
@@ -81,6 +93,20 @@ def kill_replica(corral: RunningCorral) -> int:
     pid = int(str(replica["pid"]))
     os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def test_a_replica_under_too_small_a_memory_limit_gets_more_memory(corral: RunningCorral) -> None:
+    healed = wait_for(
+        "the tight replica to be healed", lambda: incident_with(corral, "healed", set(), "tight/0")
+    )
+    assert healed["kind"] == "alloc_failure" and healed["action"]["action"] == "increase_memory"
+    full = call(corral, "GET", f"/api/supervisor/incidents/{healed['id']}")
+    assert "Cannot allocate memory" in full["bundle"]["log_tail"]
+    limit = 650 * 1024 * 1024
+    assert full["bundle"]["memory"]["limit_bytes"] == limit
+    after = next(e for e in full["history"] if e["event"] == "healed")["detail"]["after"]
+    assert limit < after["memory_limit_bytes"] <= limit * 1.5
+    assert corral.wait_healthy("tight/0")["healthy"]
 
 
 def test_a_sigkilled_replica_is_healed_and_verified_in_autonomous_mode(corral: RunningCorral) -> None:
@@ -106,6 +132,7 @@ def test_a_sigkilled_replica_is_healed_and_verified_in_autonomous_mode(corral: R
         corral.url + "/metrics", headers={"authorization": f"Bearer {corral.key}"}, trust_env=False
     ).text
     assert 'corral_supervisor_actions_total{action="reduce_context",outcome="healed"} 1.0' in metrics
+    assert 'corral_supervisor_actions_total{action="increase_memory",outcome="healed"} 1.0' in metrics
     assert 'corral_supervisor_incidents_total{kind="oom_kill"} 1.0' in metrics
 
 

@@ -157,3 +157,10 @@ def test_a_single_plain_crash_is_left_to_the_engine_and_repeats_go_to_reflection
     assert once.kind == "crash" and not once.needs_healing
     again = classify(bundle(exit_code=1, crashes_in_window=3), repeat_threshold=3)
     assert again.kind == "repeated_crash" and again.action is None and again.needs_healing
+
+
+def test_only_the_last_run_of_the_log_decides() -> None:
+    earlier = "I srv  llama_server: initializing ...\nI srv load_model: n_ctx_slot = 1024\nI model loaded\n"
+    now = "I srv  llama_server: initializing ...\nE llama_model_load: mmap failed: Cannot allocate memory\n"
+    verdict = classify(bundle(exit_code=1, log_tail=earlier + now, memory=Memory(limit_bytes=GB)))
+    assert verdict.kind == "alloc_failure" and isinstance(verdict.action, IncreaseMemory)

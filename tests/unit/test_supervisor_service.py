@@ -317,3 +317,35 @@ async def test_a_stop_midway_leaves_a_readable_interrupted_incident(
     await world.supervisor.start()
     assert world.supervisor.get(incident.id).status == "interrupted"
     assert [i.id for i in world.supervisor.store.list()] == [incident.id]  # the bad file is skipped
+
+
+async def test_an_adaptation_cut_off_midway_resumes_at_the_next_start(tmp_path: Path) -> None:
+    from corral.tasks import TaskOwner
+
+    settings = SupervisorConfig().adaptation.model_copy(update={"generations": 1, "max_metric_calls": 6})
+    first = AdaptationManager(tmp_path, settings, llm=FakeLLM(default='{"action":"restart"}', delay_s=0.05))
+    record = Record(incident="cut", cases={"novel-cut": "f"})
+    task = asyncio.create_task(first.run(record))
+    for _ in range(500):  # wait until the campaign has started, then cut it off
+        saved = first.record("cut")
+        if saved is not None and saved.stage == "campaign_running":
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    cut = first.record("cut")
+    assert cut is not None and cut.stage == "campaign_running" and cut.history[-1]["interrupted"]
+
+    tasks = TaskOwner()
+    second = AdaptationManager(tmp_path, settings, llm=FakeLLM(default='{"action":"restart"}'))
+    assert second.resume(tasks) == ["cut"]
+    for _ in range(1000):
+        done = second.record("cut")
+        if done is not None and done.stage in ("promoted", "refused", "failed"):
+            break
+        await asyncio.sleep(0.02)
+    await tasks.close()
+    assert done is not None and done.stage == "refused", done.history
+    assert any(h.get("resumed") for h in done.history)
+    assert second.resume(TaskOwner()) == []  # finished records are not run again

@@ -30,8 +30,8 @@ from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.openapi import install_openapi
 from corral.gateway.proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, Proxy, parse_body, read_body
 from corral.gateway.router import Router
-from corral.gateway.supervisor_api import install_supervisor_routes
 from corral.gateway.security import SecurityHeaders, install_cors
+from corral.gateway.supervisor_api import install_supervisor_routes
 from corral.gateway.ui_api import install_ui_routes
 from corral.gateway.voice_api import install_voice_routes
 from corral.mcp_server import install_mcp_route

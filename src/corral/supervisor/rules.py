@@ -28,8 +28,16 @@ class Verdict:
     needs_healing: bool = True  # False: a single plain crash, which the Engine's restart covers
 
 
+def last_run(log_tail: str) -> str:
+    """The part of a replica's log written by its last start: its log is appended across restarts,
+    and a line from an earlier run must not decide what ended this one."""
+    lines = log_tail.splitlines()
+    starts = [i for i, line in enumerate(lines) if "llama_server: initializing" in line]
+    return "\n".join(lines[starts[-1] :] if starts else lines)
+
+
 def classify(bundle: Bundle, repeat_threshold: int = 3) -> Verdict:
-    tail = bundle.log_tail
+    tail = last_run(bundle.log_tail)
     if _ALLOC.search(tail) and _CONTEXT.search(tail):
         reason = "an allocation for the context (KV cache) failed: a smaller context needs less memory"
         return Verdict("context_overflow", ReduceContext(reason=reason), reason)

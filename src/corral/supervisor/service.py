@@ -12,6 +12,7 @@ does not fit) or crashes repeated within a window. Its own actions restart throu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -69,7 +70,11 @@ class EngineTargets:
         self.engine.replace_spec(self.replica(name), spec)
 
     async def restart(self, name: str, reason: str) -> bool:
-        return await self.engine.restart(self.replica(name), reason)
+        replica = self.replica(name)
+        # the Engine's own restart is under way (a plain flag, no event to wait on): let it end
+        while self.engine.health[name].restarting:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        return await self.engine.restart(replica, reason)
 
     def healthy(self, name: str) -> bool:
         return self.replica(name).state.healthy
@@ -169,7 +174,9 @@ class Supervisor:
         incident = self.open(bundle, verdict)
         if not verdict.needs_healing:
             return False
-        claim = self.settings.mode == "autonomous"
+        # Hold the replica down only when the rules already know the action: reflection needs a
+        # model, and on a one-replica machine that model is the replica that just crashed.
+        claim = self.settings.mode == "autonomous" and verdict.action is not None
         if claim:
             self._busy.add(name)
         self._tasks.spawn(self.handle(incident, verdict), name=f"incident-{incident.id}")
