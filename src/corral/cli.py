@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
+from corral.cluster.cli import install as install_cluster_commands
 from corral.config import CorralConfig, default_config, load_config
 from corral.errors import ConfigError, CorralError
 from corral.evolve.cli import evolve_app
@@ -39,6 +40,7 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 voice_app = typer.Typer(help="Speech in and out: serve corral's STT and TTS.", no_args_is_help=True)
 app.add_typer(voice_app, name="voice")
+install_cluster_commands(app)  # join, plan, wake
 app.add_typer(evolve_app, name="evolve")
 install_supervisor_commands(app)  # incidents
 console = Console()
@@ -93,6 +95,9 @@ def up(
         str, typer.Option(help="replica choice: expected_finish_time, least_busy, round_robin")
     ] = "expected_finish_time",
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    head: Annotated[
+        bool, typer.Option("--head", help="also start a Ray cluster head: other machines `corral join` it")
+    ] = False,
 ) -> None:
     """Start the engine and the gateway on this machine (the embedded default needs no config)."""
     import uvicorn
@@ -105,6 +110,7 @@ def up(
     install_redaction()  # keys, tokens and passwords never reach a log line
     if running_as_root():
         err_console.print(f"[bold yellow]warning:[/] {ROOT_WARNING}")
+    ray_process: Any = None  # the Ray head's process, with --head
     try:
         if balancer not in BALANCERS:
             raise ConfigError(f"--balancer must be one of {', '.join(BALANCERS)}, not {balancer!r}")
@@ -118,6 +124,10 @@ def up(
         with progress:
             runtime = Runtime(cfg, paths, profile, balancer=balancer, progress=update, env=os.environ)
             client = http_client(cfg)
+            if head:  # the node agents run the replicas, placed by the cluster's planner
+                from corral.cluster.cli import start_cluster_head
+
+                runtime.cluster, ray_process = start_cluster_head(paths, cfg, client)
             gateway, engine = runtime.build(client)
         keys = KeyStore(paths.keys_file)
         if not keys.has_active("admin"):
@@ -126,6 +136,8 @@ def up(
             console.print(f"  {secret}")
             console.print("  export OPENAI_API_KEY=" + secret)
     except CorralError as err:
+        if ray_process is not None:
+            ray_process.stop()
         _fail(err)
         return
     console.print(_plan_table(runtime, profile))
@@ -136,7 +148,15 @@ def up(
     )
     logging.getLogger().addHandler(gateway.logs)  # the UI's live log panel
     install_redaction()
-    application = create_app(gateway, lambda: engine_lifespan(engine, client, gateway.agent))
+    def lifespan() -> Any:
+        inner = engine_lifespan(engine, client, gateway.agent)
+        if runtime.cluster is None:
+            return inner
+        from corral.cluster.head import cluster_lifespan
+
+        return cluster_lifespan(runtime.cluster, inner, ray_process)
+
+    application = create_app(gateway, lifespan)
     # log_config=None: keep our logging setup (uvicorn's would hide corral's own lines).
     uvicorn.run(
         application,
@@ -216,6 +236,11 @@ def status(
             )  # fmt: skip
     console.print(table)
     console.print("* not yet measured on this replica: the speed shown is an estimate")
+    nodes = response.json().get("nodes") or []
+    if len(nodes) > 1 or any(n.get("power", "awake") != "awake" for n in nodes):
+        from corral.cluster.cli import nodes_table
+
+        console.print(nodes_table(nodes))
 
 
 @app.command()

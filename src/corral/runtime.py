@@ -35,6 +35,7 @@ from corral.secrets import check_private
 from corral.supervisor.service import build_supervisor
 
 if TYPE_CHECKING:
+    from corral.cluster.registry import RayRegistry
     from corral.voice.service import VoiceService
 
 log = logging.getLogger("corral.runtime")
@@ -50,6 +51,7 @@ class Runtime:
     progress: Progress | None = None
     models: dict[str, ModelEntry] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
+    cluster: RayRegistry | None = None  # `corral up --head`: the node agents run the replicas
 
     def plan(self) -> list[ReplicaSpec]:
         """Resolve each expert's model and check that all local replicas fit in RAM together."""
@@ -85,6 +87,14 @@ class Runtime:
                 specs.append(spec if expert.pooled is None else pooled_spec(spec, expert.pooled))
         return specs
 
+    def _cluster_models(self) -> list[ReplicaSpec]:
+        """On a cluster no replica runs here; still resolve each expert's model (prompt format)."""
+        catalog = Catalog(self.paths.models, self.progress)
+        for expert in self.config.experts:
+            if expert.url is None and expert.replicas:
+                self.models[expert.name] = catalog.resolve(expert.model)
+        return []
+
     def stops(self, expert: str) -> tuple[str, ...]:
         entry = self.models.get(expert)
         if entry is None or self.config.expert(expert).kind != "chat":
@@ -92,6 +102,8 @@ class Runtime:
         return entry.prompt_format.stop
 
     def replica_details(self, name: str) -> dict[str, Any]:
+        if self.cluster is not None:
+            return self.cluster.replica_details(name)
         replica = self.replicas.get(name)
         if replica is None:
             return {}
@@ -108,10 +120,10 @@ class Runtime:
     def build(
         self, client: httpx.AsyncClient, binaries: EngineBinaries | None = None
     ) -> tuple[Gateway, Engine]:
-        specs = self.plan()
+        specs = self.plan() if self.cluster is None else self._cluster_models()
         binaries = binaries or locate(self.paths.engine_libs)
         engine = Engine(binaries, self.paths.logs, client)
-        registry = LocalRegistry()
+        registry: LocalRegistry | RayRegistry = LocalRegistry() if self.cluster is None else self.cluster
         for spec in specs:
             replica = engine.add(spec)
             self.replicas[spec.name] = replica
@@ -129,7 +141,7 @@ class Runtime:
         server = self.config.server
         router = Router(
             self.config.experts, registry, max_queue=server.max_queue,
-            balancer=make_balancer(self.balancer),
+            balancer=make_balancer(self.balancer), holder=self.cluster,
         )  # fmt: skip
         gateway = Gateway(
             router=router,
@@ -140,13 +152,15 @@ class Runtime:
             max_body_bytes=server.max_body_bytes,
             rate_limit=server.rate_limit,
             cors_origins=list(server.cors_origins),
-            nodes=lambda: [node_status(self.profile)],
+            nodes=self.cluster.status if self.cluster else lambda: [node_status(self.profile)],
             links=[link.model_dump() for link in self.config.ui.links],
             ui=self.config.ui.enabled,
         )
         gateway.logins = LoginBook(
             gateway.keys, self.paths.home / "logins.json", self.config.ui.session_ttl_s
         )
+        if self.cluster is not None:
+            self.cluster.bind_metrics(gateway.metrics.registry)
         gateway.agent = self.agent(gateway)
         gateway.voice = self.voice(gateway)
         gateway.supervisor = build_supervisor(

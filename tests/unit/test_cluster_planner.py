@@ -59,18 +59,25 @@ def test_replicas_share_a_node_only_when_no_other_fits_and_threads_split_cores()
     assert {p.threads for p in result.on("a")} == {2}
 
 
-def test_replan_keeps_running_replicas_and_moves_only_lost_ones() -> None:
-    nodes = [node("a", 8, 10), node("b", 8, 10), node("c", 8, 30)]
-    first = plan([ExpertDemand("general", 2, GIB)], nodes[:2], reserve_bytes=0)
-    assert sorted(p.node for p in first.placements) == ["a", "b"]
-    # c (faster) joins: nothing moves.
-    joined = plan([ExpertDemand("general", 2, GIB)], nodes, reserve_bytes=0, keep=first.placements)
-    assert joined.key() == first.key()
-    # b leaves: its replica moves to c, a's stays.
-    left = plan(
-        [ExpertDemand("general", 2, GIB)], [nodes[0], nodes[2]], reserve_bytes=0, keep=joined.placements
-    )
-    assert sorted(p.node for p in left.placements) == ["a", "c"]
+def test_replan_moves_only_what_gains_clearly_and_what_was_lost() -> None:
+    general = [ExpertDemand("general", 2, GIB)]
+    a, b, similar, fast = node("a", 8, 10), node("b", 8, 10), node("similar", 8, 11), node("fast", 8, 30)
+    first = plan(general, [a], reserve_bytes=0)
+    assert [p.node for p in first.placements] == ["a", "a"]  # alone: both share a
+    # b joins: one replica spreads onto it, the other stays.
+    spread = plan(general, [a, b], reserve_bytes=0, keep=first.placements)
+    assert sorted(p.node for p in spread.placements) == ["a", "b"]
+    assert [p.why for p in spread.placements].count("already running here") == 1
+    # A node barely faster joins: nothing moves (a reload is not worth 10%).
+    same = plan(general, [a, b, similar], reserve_bytes=0, keep=spread.placements)
+    assert same.key() == spread.key()
+    # A much faster node joins: a replica moves there.
+    faster = plan(general, [a, b, fast], reserve_bytes=0, keep=spread.placements)
+    assert "fast" in {p.node for p in faster.placements}
+    # b leaves: only its replica moves.
+    left = plan(general, [a, similar], reserve_bytes=0, keep=spread.placements)
+    assert sorted(p.node for p in left.placements) == ["a", "similar"]
+    assert left.of("general")[[p.node for p in left.placements].index("a")].why == "already running here"
 
 
 def test_pooled_experts_are_skipped_not_crashed_on() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 _GIB = 1024**3
+KEEP_SPEED_RATIO = 0.8  # a running replica moves only to a node at least 1/0.8 = 1.25x as fast
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def plan(
     """Place every replica of every expert on `nodes`.
 
     `keep` is the current placement: a replica already running on a node that still qualifies
-    stays there (re-planning after a join or loss moves only what must move).
+    stays there unless a node that joined is clearly better for it (not yet running that expert,
+    or at least 1.25x as fast): a reload costs seconds to minutes, so near-ties do not move.
     """
     pool = sorted(nodes, key=lambda n: n.name)
     free = {n.name: n.ram_bytes - reserve_bytes for n in pool}
@@ -116,10 +118,8 @@ def plan(
                     Unplaced(expert.name, index, reasons or "no node has joined the cluster")
                 )
                 continue
-            previous = kept.get((expert.name, index))
-            if previous is not None and any(n.name == previous for n in eligible):
-                node, why = by_name[previous], "already running here"
-            elif expert.always_loaded and index == 0:
+            previous = by_name.get(kept.get((expert.name, index), ""))
+            if expert.always_loaded and index == 0:
                 node = max(eligible, key=lambda n: (n.reliability, _speed(n), n.name))
                 why = "fallback: on the most reliable node"
             else:
@@ -129,6 +129,12 @@ def plan(
                 )
                 spread = "" if placed_on.count(node.name) == 0 else ", sharing (no other node fits)"
                 why = f"fastest node with room ({_speed(node):.0f} tok/s){spread}"
+            if (
+                previous is not None
+                and previous in eligible
+                and _still_good(previous, node, placed_on, expert)
+            ):
+                node, why = previous, "already running here"
             free[node.name] -= expert.need_bytes
             placed_on.append(node.name)
             chosen.append((expert, index, node, why))
@@ -138,6 +144,20 @@ def plan(
         result.placements.append(Placement(expert.name, index, node.name, threads, expert.need_bytes, why))
     result.placements.sort(key=lambda p: (p.expert, p.index))
     return result
+
+
+def _still_good(
+    previous: NodeCapacity, best: NodeCapacity, placed_on: list[str], expert: ExpertDemand
+) -> bool:
+    """Keep a running replica where it is unless moving it gains something clear: a node that
+    does not yet run the expert (spread), a much faster node, or (fallback) a more reliable one."""
+    if previous.name == best.name:
+        return True
+    if expert.always_loaded and previous.reliability < best.reliability:
+        return False
+    if placed_on.count(previous.name) > placed_on.count(best.name):
+        return False
+    return _speed(previous) >= KEEP_SPEED_RATIO * _speed(best)
 
 
 def _why_not(expert: ExpertDemand, node: NodeCapacity, free: int) -> str | None:

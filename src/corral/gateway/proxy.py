@@ -189,6 +189,7 @@ class Proxy:
         choice = self.router.resolve(body.get("model"), endpoint.kind, lambda: routing_text(body))
         self.metrics.routes.labels(choice.method, choice.expert).inc()
         cost = estimate_cost(body, len(raw))
+        await self.router.hold_for(choice.expert)  # a sleeping node's expert: wake it first
         candidates = self.router.candidates(choice.expert, cost)
         stream = bool(body.get("stream")) and endpoint is not EMBEDDINGS
         try:

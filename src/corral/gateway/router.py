@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from corral.backends import Backend
 from corral.config import ExpertConfig
@@ -61,6 +62,15 @@ def make_balancer(name: str) -> Balancer:
     raise ValueError(f"unknown balancer {name!r}; use expected_finish_time, least_busy or round_robin")
 
 
+class Holder(Protocol):
+    """What can bring an expert's replicas up on demand (the cluster waking a sleeping node)."""
+
+    async def hold(self, expert: str) -> bool:
+        """Wait until `expert` has a ready replica, or return False (at once when nothing can
+        be done for it, or when it gave up): the request then goes down the fallback chain."""
+        ...
+
+
 @dataclass(frozen=True)
 class Candidate:
     backend: Backend
@@ -76,6 +86,7 @@ class Router:
         max_queue: int = 32,
         chooser: ExpertChooser | None = None,
         balancer: Balancer = by_expected_finish,
+        holder: Holder | None = None,
     ) -> None:
         self.experts = {e.name: e for e in experts}
         self._aliases = {alias: e.name for e in experts for alias in e.aliases}
@@ -84,6 +95,7 @@ class Router:
         self.chooser = chooser or LexicalChooser(experts)
         self.balancer = balancer
         self.admitted: dict[str, int] = {e.name: 0 for e in experts}
+        self.holder = holder
 
     def model_names(self) -> list[str]:
         return ["auto", *self.experts, *self._aliases]
@@ -135,6 +147,12 @@ class Router:
             order.append(name)
             stack = [*self.experts[name].fallback, *stack]
         return order
+
+    async def hold_for(self, expert: str) -> None:
+        """With no ready replica of `expert` itself, let the holder try to bring one up first
+        (the request waits instead of going straight to a fallback)."""
+        if self.holder is not None and not any(b.state.healthy for b in self.registry.backends(expert)):
+            await self.holder.hold(expert)
 
     def candidates(self, expert: str, cost: float) -> list[Candidate]:
         out: list[Candidate] = []

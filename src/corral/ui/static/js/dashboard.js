@@ -205,7 +205,11 @@ export async function mount(root, ctx) {
     for (const node of list) {
       const { tr, cells } = nodeRow(node.name);
       setText(cells.name, node.name);
-      setAttr(cells.name, "title", (node.cpu_flags || []).length ? `CPU: ${node.cpu_flags.join(" ")}` : "");
+      const about = [];
+      if ((node.cpu_flags || []).length) about.push(`CPU: ${node.cpu_flags.join(" ")}`);
+      if (node.mac) about.push(`MAC: ${node.mac}`);
+      if ((node.replicas || []).length) about.push(`runs: ${node.replicas.join(", ")}`);
+      setAttr(cells.name, "title", about.join("\n"));
       setText(cells.role, node.role || "—");
       setText(cells.cores, node.cores ?? "—");
       const total = node.memory_total;
@@ -213,7 +217,9 @@ export async function mount(root, ctx) {
       setText(cells.memory, used === null ? "—" : `${bytes(used)} / ${bytes(total)} (${Math.round((100 * used) / total)}%)`);
       setText(cells.load, Array.isArray(node.load) ? node.load.map((x) => num(x, 2)).join("  ") : "—");
       const power = node.power || "unknown";
-      const cls = `badge badge-${power === "awake" ? "ok" : power === "asleep" || power === "sleeping" ? "muted" : "warn"}`;
+      // Cluster power states: awake, sleeping (put to sleep when idle), waking (Wake-on-LAN sent), lost.
+      const tone = { awake: "ok", asleep: "muted", sleeping: "muted", lost: "bad" }[power] || "warn";
+      const cls = `badge badge-${tone}`;
       if (cells.badge.className !== cls) cells.badge.className = cls;
       setText(cells.badge, power);
       setText(cells.up, uptime(node.uptime_s) || "—");
