@@ -148,6 +148,7 @@ def up(
     )
     logging.getLogger().addHandler(gateway.logs)  # the UI's live log panel
     install_redaction()
+
     def lifespan() -> Any:
         inner = engine_lifespan(engine, client, gateway.agent)
         if runtime.cluster is None:
