@@ -36,11 +36,13 @@ ANSWER = '{"tool": "final_answer", "arguments": {"answer": "hello there"}}'
 
 
 class QuietBackend(FakeBackend):
-    """A FakeBackend that keeps no record of requests (a long run must not grow the list)."""
+    """A FakeBackend that keeps no record of requests and responses (a long run must not grow
+    the test double's lists: the soak measures the gateway's memory, not theirs)."""
 
     async def open(self, path: str, body: bytes) -> BackendResponse:
         response = await super().open(path, body)
         self.requests.clear()
+        self.responses.clear()
         return response
 
 
