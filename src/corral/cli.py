@@ -28,6 +28,7 @@ from corral.gateway.router import BALANCERS
 from corral.gateway.security import ROOT_WARNING, running_as_root
 from corral.hardware import NodeProfile, detect_profile
 from corral.paths import CorralPaths, default_home
+from corral.provision import install as install_provision_command
 from corral.secrets import install_redaction
 from corral.supervisor.cli import install as install_supervisor_commands
 
@@ -43,6 +44,7 @@ app.add_typer(voice_app, name="voice")
 install_cluster_commands(app)  # join, plan, wake
 app.add_typer(evolve_app, name="evolve")
 install_supervisor_commands(app)  # incidents
+install_provision_command(app)  # provision (Ansible)
 console = Console()
 err_console = Console(stderr=True)
 
