@@ -4,7 +4,7 @@ A pooled expert runs one *leader* llama-server started with `--rpc host:port,...
 places the model's layers on the RPC devices (each a `ggml-rpc-server` process) by their free
 memory and runs each layer where its weights are. Workers are either started here, beside the
 leader (`pooled: {workers: N}`, bound to 127.0.0.1), or already running on other machines
-(`pooled: {rpc: [host:port, ...]}`, started there with `corral rpc-worker`).
+(`pooled: {rpc: [host:port, ...]}`, ggml-rpc-server started there; docs/deploy.md).
 
 The leader and its local workers are one supervised unit: `PooledReplica` is a `Replica` (the
 Engine starts, health-checks, restarts and stops it like any other) whose start brings its
@@ -44,7 +44,7 @@ class PooledConfig(BaseModel):
     worker_threads: int | None = Field(None, ge=1, description="threads of each local worker; default 1")
     rpc: list[str] = Field(
         default_factory=list,
-        description="host:port of ggml-rpc-server workers on other machines (`corral rpc-worker`); "
+        description="host:port of ggml-rpc-server workers on other machines (docs/deploy.md); "
         "trusted LAN only: RPC has no authentication",
     )
 
