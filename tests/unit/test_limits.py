@@ -114,3 +114,18 @@ def test_config_defaults_and_bounds() -> None:
     assert config.enabled and config.key_burst >= config.ip_burst
     with pytest.raises(ValueError):
         RateLimitConfig(key_per_s=0)
+
+
+def test_websocket_handshakes_are_limited_too(limited: Harness) -> None:
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    closes = []
+    with TestClient(limited.app) as client:
+        for i in range(3):  # guessing keys through ?token= is slowed like any other guess
+            try:
+                with client.websocket_connect(f"/ws?token=crl_00_guess{i}") as ws:
+                    ws.receive_json()
+            except WebSocketDisconnect as exc:
+                closes.append(exc.code)
+    assert closes[-1] == 1013 and len(closes) == 3

@@ -48,6 +48,11 @@ class RateLimitedError(RetryLaterError):
 class _Bucket:
     tokens: float
     at: float
+    per_s: float
+    burst: int
+
+    def full_at(self, now: float) -> bool:
+        return self.tokens + (now - self.at) * self.per_s >= self.burst
 
 
 class TokenBuckets:
@@ -67,8 +72,8 @@ class TokenBuckets:
         bucket = self._buckets.get(caller)
         if bucket is None:
             if len(self._buckets) >= self.max_buckets:
-                self._prune(now, per_s, burst)
-            bucket = self._buckets[caller] = _Bucket(float(burst), now)
+                self._prune(now)
+            bucket = self._buckets[caller] = _Bucket(float(burst), now, per_s, burst)
         bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.at) * per_s)
         bucket.at = now
         if bucket.tokens >= 1.0:
@@ -76,10 +81,10 @@ class TokenBuckets:
             return 0.0
         return (1.0 - bucket.tokens) / per_s
 
-    def _prune(self, now: float, per_s: float, burst: int) -> None:
+    def _prune(self, now: float) -> None:
         """Forget callers whose buckets have refilled (they lose nothing); if none has, the
         longest idle half."""
-        full = [k for k, b in self._buckets.items() if b.tokens + (now - b.at) * per_s >= burst]
+        full = [k for k, b in self._buckets.items() if b.full_at(now)]
         for key in full:
             del self._buckets[key]
         if len(self._buckets) >= self.max_buckets:
@@ -118,6 +123,8 @@ class Limits:
         """(bucket id, rate, burst): the key's id for valid credentials, else the address."""
         headers = conn.headers
         token = bearer_token(headers.get("authorization"), headers.get("x-api-key"))
+        if token is None and conn.scope["type"] == "websocket":
+            token = conn.query_params.get("token")  # how browsers authenticate a WebSocket
         config = self.config
         try:
             if token is not None:
@@ -131,7 +138,15 @@ class Limits:
         host = conn.client.host if conn.client else "unknown"
         return f"ip:{host}", config.ip_per_s, config.ip_burst
 
+    def _wait(self, conn: HTTPConnection) -> tuple[float, str]:
+        caller, per_s, burst = self.caller(conn)
+        return self.buckets.take(caller, per_s, burst), caller
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limited = scope["type"] == "websocket" and self.config.enabled
+        if limited and self._wait(HTTPConnection(scope))[0] > 0:
+            await send({"type": "websocket.close", "code": 1013, "reason": "rate limited; retry later"})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -142,8 +157,7 @@ class Limits:
             await error_response(too_large(limit))(scope, receive, send)
             return
         if self.config.enabled and scope["path"] not in EXEMPT_PATHS:
-            caller, per_s, burst = self.caller(conn)
-            wait = self.buckets.take(caller, per_s, burst)
+            wait, caller = self._wait(conn)
             if wait > 0:
                 what = "this API key" if caller.startswith("key:") else "this address"
                 err = RateLimitedError(
