@@ -145,8 +145,11 @@ class NodeAgent:
             return
         for replica in [r for r in engine.replicas if r.spec.name == name]:
             engine.replicas.remove(replica)
-            engine.health.pop(name, None)
+            health = engine.health.get(name)
+            if health is not None:
+                health.restarting = True  # a health check already under way must not revive it
             await replica.stop(grace_s=2.0)
+            engine.health.pop(name, None)
 
     async def stop_all(self) -> None:
         if self._engine is not None:

@@ -336,6 +336,7 @@ class RayRegistry:
                 record.idle_since = now
         views = [NodePower(r.name, r.state, r.idle_since, self._essential(r)) for r in self.nodes.values()]
         for name in to_sleep(self.config.power, views, now):
+            log.info("node %s idle for %.0fs with nothing pinned", name, self.config.power.idle_s)
             self._tasks.spawn(self.sleep_node(name), name=f"sleep-{name}")
 
     async def sleep_node(self, name: str) -> None:
@@ -344,7 +345,7 @@ class RayRegistry:
         handle = record.handle
         record.state = "sleeping"
         self._lose(record, "was put to sleep")
-        log.info("node %s idle for %.0fs: putting it to sleep", name, self.config.power.idle_s)
+        log.info("putting node %s to sleep (%s)", name, " ".join(self.config.power.sleep_command))
         try:
             await asyncio.wait_for(handle.sleep.remote(self.config.power.sleep_command), 60)
         except Exception as exc:
