@@ -21,6 +21,7 @@ from rich.table import Table
 
 from corral.cluster.cli import install as install_cluster_commands
 from corral.config import CorralConfig, default_config, load_config
+from corral.engine.pooled import install as install_rpc_worker_command
 from corral.errors import ConfigError, CorralError
 from corral.evolve.cli import evolve_app
 from corral.gateway.auth import KeyStore
@@ -45,6 +46,7 @@ install_cluster_commands(app)  # join, plan, wake
 app.add_typer(evolve_app, name="evolve")
 install_supervisor_commands(app)  # incidents
 install_provision_command(app)  # provision (Ansible)
+install_rpc_worker_command(app, lambda home: _paths(home).engine_libs)  # rpc-worker (pooled experts)
 console = Console()
 err_console = Console(stderr=True)
 

@@ -1,7 +1,9 @@
-"""Pooled inference through the gateway: one model over two local ggml-rpc-server workers.
+"""Pooled inference through the gateway: one model over two ggml-rpc-server workers.
 
 A real `corral up` runs two experts on the bundled model: `single` (one llama-server) and
-`pooled` (a leader llama-server with `--rpc` over two local workers). Greedy answers must be
+`pooled` (a leader llama-server with `--rpc` over two workers: one it starts itself, `workers:
+1`, and one "remote" worker started beforehand with `corral rpc-worker`, listed in `rpc:`; here
+both are on loopback). Greedy answers must be
 token for token the same. Both run with `--no-repack -fa off`: ggml's CPU backend repacks
 Q4_K weights into an interleaved layout whose kernels sum in another order than the plain
 kernels an RPC worker uses, which flips a near-tie greedy token after a dozen tokens; with the
@@ -10,6 +12,10 @@ same kernels on both sides the answers are identical.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -42,15 +48,41 @@ experts:
     threads: 1
     extra_args: ["--no-repack", "-fa", "off"]
     pooled:
-      workers: 2
+      workers: 1
+      rpc: ["127.0.0.1:{rpc_port}"]
 """
 
 QUESTIONS = ("What is the capital of France?", "Describe the water cycle step by step.")
 
 
 @pytest.fixture(scope="module")
-def pooled_corral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCorral]:
-    running = start_corral(tmp_path_factory.mktemp("pooled-home"), CONFIG)
+def remote_worker() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`corral rpc-worker`, as a user would start it on another machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    command = [sys.executable, "-m", "corral.cli", "rpc-worker", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "corral rpc-worker exited"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, "corral rpc-worker did not listen"
+            time.sleep(0.2)
+        yield port, process
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def pooled_corral(
+    tmp_path_factory: pytest.TempPathFactory, remote_worker: tuple[int, subprocess.Popen[bytes]]
+) -> Iterator[RunningCorral]:
+    config = CONFIG.replace("{rpc_port}", str(remote_worker[0]))
+    running = start_corral(tmp_path_factory.mktemp("pooled-home"), config)
     try:
         for name in ("single/0", "pooled/0"):  # /ready needs one chat expert, not both
             running.wait_healthy(name, timeout=240)
@@ -83,7 +115,9 @@ def rpc_workers(corral: RunningCorral) -> list[psutil.Process]:
     return [p for p in children if p.name() == "ggml-rpc-server"]
 
 
-def test_pooled_answers_token_for_token_like_one_process(pooled_corral: RunningCorral) -> None:
+def test_pooled_answers_token_for_token_like_one_process(
+    pooled_corral: RunningCorral, remote_worker: tuple[int, subprocess.Popen[bytes]]
+) -> None:
     for question in QUESTIONS:
         single, single_tokens, single_replica = ask(pooled_corral, "single", question)
         pooled, pooled_tokens, pooled_replica = ask(pooled_corral, "pooled", question)
@@ -92,7 +126,7 @@ def test_pooled_answers_token_for_token_like_one_process(pooled_corral: RunningC
         assert (pooled, pooled_tokens) == (single, single_tokens)
     # The layers really live on the workers: together they hold most of the ~240 MiB of weights
     # (an idle ggml-rpc-server is a few MiB; the leader keeps the token embeddings).
-    workers = rpc_workers(pooled_corral)
+    workers = [*rpc_workers(pooled_corral), psutil.Process(remote_worker[1].pid)]
     assert len(workers) == 2
     assert sum(w.memory_info().rss for w in workers) > 150 * 2**20
 
@@ -106,6 +140,6 @@ def test_a_dead_worker_restarts_the_pool(pooled_corral: RunningCorral) -> None:
         assert time.monotonic() < deadline, "the engine did not restart the pool"
         time.sleep(0.5)
     pooled_corral.wait_healthy("pooled/0", timeout=180)
-    assert len(rpc_workers(pooled_corral)) == 2
+    assert len(rpc_workers(pooled_corral)) == 1
     after, _, _ = ask(pooled_corral, "pooled", QUESTIONS[0])
     assert after == before

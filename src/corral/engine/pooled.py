@@ -4,7 +4,7 @@ A pooled expert runs one *leader* llama-server started with `--rpc host:port,...
 places the model's layers on the RPC devices (each a `ggml-rpc-server` process) by their free
 memory and runs each layer where its weights are. Workers are either started here, beside the
 leader (`pooled: {workers: N}`, bound to 127.0.0.1), or already running on other machines
-(`pooled: {rpc: [host:port, ...]}`, ggml-rpc-server started there; docs/deploy.md).
+(`pooled: {rpc: [host:port, ...]}`, started there with `corral rpc-worker`).
 
 The leader and its local workers are one supervised unit: `PooledReplica` is a `Replica` (the
 Engine starts, health-checks, restarts and stops it like any other) whose start brings its
@@ -21,14 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import httpx
+import typer
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from rich.console import Console
 
-from corral.engine.binaries import EngineBinaries
+from corral.engine.binaries import EngineBinaries, locate
 from corral.engine.replica import Replica, ReplicaSpec, free_port
+from corral.errors import CorralError
 
 WORKER_READY_TIMEOUT_S = 30.0
 
@@ -44,7 +50,7 @@ class PooledConfig(BaseModel):
     worker_threads: int | None = Field(None, ge=1, description="threads of each local worker; default 1")
     rpc: list[str] = Field(
         default_factory=list,
-        description="host:port of ggml-rpc-server workers on other machines (docs/deploy.md); "
+        description="host:port of ggml-rpc-server workers on other machines (`corral rpc-worker`); "
         "trusted LAN only: RPC has no authentication",
     )
 
@@ -78,6 +84,16 @@ def parse_address(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def rpc_server_command(binaries: EngineBinaries, host: str, port: int, threads: int) -> list[str]:
+    """The ggml-rpc-server command line of one worker (local, or `corral rpc-worker` elsewhere)."""
+    return [
+        str(binaries.rpc_server),
+        "--host", host,
+        "--port", str(port),
+        "--threads", str(threads),
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class RpcWorkerSpec(ReplicaSpec):
     """One local ggml-rpc-server of a pooled expert (its model is the leader's, for reference)."""
@@ -93,12 +109,7 @@ class RpcWorkerSpec(ReplicaSpec):
         return f"{self.host}:{self.port}"
 
     def command(self, binaries: EngineBinaries, port: int) -> list[str]:
-        return [
-            str(binaries.rpc_server),
-            "--host", self.host,
-            "--port", str(port),
-            "--threads", str(self.threads),
-        ]  # fmt: skip
+        return rpc_server_command(binaries, self.host, port, self.threads)
 
 
 @dataclass(frozen=True)
@@ -219,3 +230,35 @@ class PooledReplica(Replica):
         await super().stop(grace_s)
         await asyncio.gather(*(w.stop(grace_s) for w in self.workers))
         self.state.set_status("stopped")
+
+
+def install(app: typer.Typer, engine_libs: Callable[[Path | None], Path]) -> None:
+    """Register `corral rpc-worker` on the CLI (`engine_libs(home)`: where library links go)."""
+
+    @app.command("rpc-worker")
+    def rpc_worker(
+        host: Annotated[
+            str, typer.Option(help="address to listen on: 127.0.0.1, or a trusted LAN address")
+        ] = ("127.0.0.1"),
+        port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 50052,
+        threads: Annotated[int, typer.Option(min=1, help="CPU threads for the layers held here")] = 1,
+        home: Annotated[Path | None, typer.Option("--home", help="corral's data directory")] = None,
+    ) -> None:
+        """Serve this machine's memory and CPU to a pooled expert's leader (ggml-rpc-server).
+
+        Runs in the foreground (under systemd or a terminal) until stopped. RPC has no
+        authentication: bind a trusted LAN address only, and firewall the port to the leader.
+        """
+        errors = Console(stderr=True)
+        try:
+            binaries = locate(engine_libs(home))
+        except CorralError as err:
+            errors.print(f"[bold red]error:[/] {err.message}")
+            raise typer.Exit(2) from None
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            errors.print(
+                f"[yellow]warning:[/] ggml RPC has no authentication: anyone who reaches {host}:{port} "
+                "can run computations here and read what this worker holds; keep it on a trusted LAN"
+            )
+        command = rpc_server_command(binaries, host, port, threads)
+        os.execve(command[0], command, binaries.env())
