@@ -87,7 +87,10 @@ async def test_a_novel_failure_becomes_a_test_case_and_a_recorded_campaign(tmp_p
         variants = archive.variants("reflection")
         assert campaign["root"] in {v.id for v in variants}
         assert set(campaign["children"]) <= {v.id for v in variants}
-        assert archive.scores(campaign["root"], "reflection"), "the seed prompt was scored"
+        scores = archive.scores(campaign["root"], "reflection")
+        assert scores, "the seed prompt was scored"
+        # the reflect workflow really answered (llama-server accepted the grammar): actions, not errors
+        assert any('"action"' in s.output for s in scores.values()), [s.feedback for s in scores.values()]
         assert archive.events(campaign["campaign"]), "the campaign recorded its generations"
         promoted = archive.promoted("reflection")
         assert (promoted is not None) == (record.stage == "promoted")

@@ -83,7 +83,8 @@ def action_grammar() -> str:
             if field_name not in ("action", "reason"):
                 parts += [literal("," + json.dumps(field_name) + ":"), _field_rule(field_schema)]
         alternatives.append(" ".join([*parts, literal("}")]))
-    root = "root ::= " + "\n  | ".join(alternatives)
+    # one line: llama.cpp's GBNF parser takes a newline inside a rule only after `|` or in parentheses
+    root = "root ::= " + " | ".join(alternatives)
     return root + "\n" + BASE_RULES.lstrip("\n")
 
 
