@@ -54,14 +54,17 @@ def start_cluster_head(
 ) -> tuple[RayRegistry, RayProcess]:
     """`corral up --head`: the Ray head, this process as its driver, this node's agent, and the
     RayRegistry the gateway will follow; prints how other machines join."""
+    from corral.cluster.token import ensure_token, read_token, use_token
+
+    use_token(read_token(ensure_token(paths), {}))  # before Ray is imported: it reads them once
     import ray
 
-    from corral.cluster.head import build_registry, connect, ray_env, start_agent_here, start_head
+    from corral.cluster.head import build_registry, connect, start_agent_here, start_head
     from corral.models.catalog import Catalog
 
     address, token_file, ray_process = start_head(paths, config.cluster.port, os.cpu_count() or 1)
     try:
-        connect(address, ray_env(token_file=token_file))
+        connect(address)
         start_agent_here(paths)
         head_id = ray.get_runtime_context().get_node_id()
         registry = build_registry(config, Catalog(paths.models), client, head_id)
@@ -89,20 +92,27 @@ def join(
 ) -> None:
     """Join this machine to a corral cluster: its node agent reports the hardware and runs the
     replicas the head places here. Runs until stopped (a systemd unit's ExecStart)."""
-    import ray
-
-    from corral.cluster.head import connect, ray_env, read_token, start_agent_here
-    from corral.cluster.head import join as ray_join
+    from corral.cluster.token import read_token, use_token
 
     try:
         paths = _paths(home)
         token = read_token(token_file, os.environ)
+    except CorralError as err:
+        _fail(err)
+        return
+    use_token(token)  # before Ray is imported: it reads these once
+    import ray
+
+    from corral.cluster.head import connect, start_agent_here
+    from corral.cluster.head import join as ray_join
+
+    try:
         ray_process = ray_join(address, token, paths, num_cpus or os.cpu_count() or 1)
     except CorralError as err:
         _fail(err)
         return
     try:
-        connect(address, ray_env(token=token))
+        connect(address)
         agent = start_agent_here(paths)
         info = ray.get(agent.info.remote(), timeout=300)
         if calibrate:
@@ -204,16 +214,19 @@ def _profiles_file(path: Path) -> list[NodeCapacity]:
 
 
 def _live(paths: CorralPaths, cfg: CorralConfig, address: str | None) -> list[NodeCapacity]:
-    import ray
-
-    from corral.cluster.head import TOKEN_FILE, ClusterError, connect, live_capacities, ray_env
+    from corral.cluster.token import TOKEN_FILE, ClusterError, read_token, use_token
 
     token_file = paths.home / TOKEN_FILE
     if not token_file.exists():
         raise ClusterError(
             f"no cluster here ({token_file} is missing): run this on the head, or pass --profiles FILE"
         )
-    connect(address or f"127.0.0.1:{cfg.cluster.port}", ray_env(token_file=token_file))
+    use_token(read_token(token_file, {}))  # before Ray is imported
+    import ray
+
+    from corral.cluster.head import connect, live_capacities
+
+    connect(address or f"127.0.0.1:{cfg.cluster.port}")
     try:
         return live_capacities()
     finally:

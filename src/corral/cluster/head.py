@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -28,56 +27,12 @@ import ray
 from corral.cluster.agent import NAMESPACE, agent_name, ensure_agent
 from corral.cluster.planner import ExpertDemand, NodeCapacity
 from corral.cluster.registry import RayRegistry, ReplicaTemplate
+from corral.cluster.token import TOKEN_FILE, ClusterError, ensure_token, ray_env, read_token
 from corral.config import CorralConfig
-from corral.errors import CorralError
 from corral.models.catalog import Catalog, memory_needed
-from corral.paths import CorralPaths, atomic_write_text
+from corral.paths import CorralPaths
 
 log = logging.getLogger("corral.cluster")
-
-TOKEN_FILE = "cluster.token"
-TOKEN_ENV = "CORRAL_CLUSTER_TOKEN"
-
-
-class ClusterError(CorralError):
-    """The cluster cannot be started or joined; the message says what to do."""
-
-
-def ensure_token(paths: CorralPaths) -> Path:
-    """The head's token file, generated (0600) on first use."""
-    path = paths.home / TOKEN_FILE
-    if not path.exists():
-        atomic_write_text(path, secrets.token_hex(32) + "\n", mode=0o600)
-    return path
-
-
-def read_token(token_file: Path | None, env: dict[str, str] | os._Environ[str]) -> str:
-    """The token a joining node presents: --token-file, else $CORRAL_CLUSTER_TOKEN."""
-    if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise ClusterError(
-                f"cannot read the token file {token_file} ({exc.strerror}); copy "
-                f"$CORRAL_HOME/{TOKEN_FILE} from the head there, readable by this user"
-            ) from None
-    else:
-        token = env.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise ClusterError(
-            f"no cluster token: pass --token-file PATH (the head's $CORRAL_HOME/{TOKEN_FILE}) "
-            f"or set {TOKEN_ENV}"
-        )
-    return token
-
-
-def ray_env(token: str | None = None, token_file: Path | None = None) -> dict[str, str]:
-    env = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    if token_file is not None:
-        env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
-    if token is not None:
-        env["RAY_AUTH_TOKEN"] = token
-    return env
 
 
 def _ray_cli() -> str:
@@ -94,8 +49,7 @@ class RayProcess:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         full = {**os.environ, **env}
-        if "RAY_AUTH_TOKEN" in env:
-            full.pop("RAY_AUTH_TOKEN_PATH", None)
+        full.pop("RAY_AUTH_TOKEN_PATH", None)
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = log
         with open(log, "wb") as out:
@@ -145,7 +99,7 @@ def start_head(paths: CorralPaths, port: int, num_cpus: int) -> tuple[str, Path,
     ray_process = RayProcess(
         ["start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--include-dashboard=false",
          "--disable-usage-stats"],
-        {**ray_env(token_file=token_file), "CORRAL_HOME": str(paths.home)},
+        {**ray_env(read_token(token_file, {})), "CORRAL_HOME": str(paths.home)},
         paths.logs / "ray-head.log",
     )  # fmt: skip
     try:
@@ -160,11 +114,9 @@ def start_head(paths: CorralPaths, port: int, num_cpus: int) -> tuple[str, Path,
     return address, token_file, ray_process
 
 
-def connect(address: str, env: dict[str, str]) -> None:
-    """Connect this process to the cluster as a driver (namespace `corral`)."""
-    os.environ.update(env)
-    if "RAY_AUTH_TOKEN" in env:
-        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+def connect(address: str) -> None:
+    """Connect this process to the cluster as a driver (namespace `corral`); `use_token` must
+    have set the token before Ray was imported."""
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
@@ -194,7 +146,7 @@ def join(address: str, token: str, paths: CorralPaths, num_cpus: int) -> RayProc
     check_reachable(address)
     ray_process = RayProcess(
         ["start", f"--address={address}", f"--num-cpus={num_cpus}", "--disable-usage-stats"],
-        {**ray_env(token=token), "CORRAL_HOME": str(paths.home)},
+        {**ray_env(token), "CORRAL_HOME": str(paths.home)},
         paths.logs / "ray-join.log",
     )
     try:
