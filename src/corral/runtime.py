@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from corral.voice.service import VoiceService
 
 log = logging.getLogger("corral.runtime")
+# What voice adds to the process when enabled: faster-whisper base (int8), Piper, Silero and
+# smart-turn, about 250 MiB measured, plus pipecat and onnxruntime loaded (about 150 MiB).
+VOICE_RAM_BYTES = 400 * 1024**2
 
 
 @dataclass
@@ -57,7 +60,8 @@ class Runtime:
         """Resolve each expert's model and check that all local replicas fit in RAM together."""
         catalog = Catalog(self.paths.models, self.progress)
         specs: list[ReplicaSpec] = []
-        committed = 0
+        # voice's engines share the machine with the replicas (docs/operations.md, `corral up`)
+        committed = VOICE_RAM_BYTES if self.config.voice.enabled else 0
         local_replicas = sum(e.replicas for e in self.config.experts if e.url is None)
         for expert in self.config.experts:
             if expert.url is not None or expert.replicas == 0:
