@@ -43,6 +43,9 @@ CallsOpt = Annotated[int | None, typer.Option("--max-metric-calls", help="stop a
 TokensOpt = Annotated[int | None, typer.Option("--max-tokens", help="stop after this many LLM tokens")]
 BatchOpt = Annotated[int, typer.Option("--minibatch", help="train cases a child is first tried on")]
 CapOpt = Annotated[int, typer.Option("--max-prompt-tokens", help="a longer revised prompt is refused")]
+MutatorOpt = Annotated[
+    str, typer.Option("--mutation-model", help="the expert that rewrites prompts (default: auto)")
+]
 
 
 def _home(home: Path | None) -> Path:
@@ -56,7 +59,7 @@ def _fail(err: Exception) -> None:
 
 
 def _campaign(home: Path, suite: str, generations: int, method: str, seed: int, budget: Budget,
-              minibatch: int, cap: int) -> CampaignResult:  # fmt: skip
+              minibatch: int, cap: int, mutator: str = "auto") -> CampaignResult:  # fmt: skip
     return asyncio.run(
         run_campaign(
             home,
@@ -67,6 +70,7 @@ def _campaign(home: Path, suite: str, generations: int, method: str, seed: int, 
             seed=seed,
             minibatch=minibatch,
             max_prompt_tokens=cap,
+            mutation_model=mutator,
         )
     )
 
@@ -119,6 +123,7 @@ def campaign_cmd(
     max_tokens: TokensOpt = None,
     minibatch: BatchOpt = 3,
     max_prompt_tokens: CapOpt = 256,
+    mutation_model: MutatorOpt = "auto",
     home: HomeOpt = None,
 ) -> None:
     """Run a campaign to N generations (an interrupted one continues); starts this home's models."""
@@ -126,7 +131,15 @@ def campaign_cmd(
         check_method(selection_method)
         budget = Budget(max_metric_calls, max_tokens)
         result = _campaign(
-            _home(home), suite, generations, selection_method, seed, budget, minibatch, max_prompt_tokens
+            _home(home),
+            suite,
+            generations,
+            selection_method,
+            seed,
+            budget,
+            minibatch,
+            max_prompt_tokens,
+            mutation_model,
         )
     except (CorralError, ValueError) as err:
         _fail(err)
@@ -143,6 +156,7 @@ def run_cmd(
     max_tokens: TokensOpt = None,
     minibatch: BatchOpt = 3,
     max_prompt_tokens: CapOpt = 256,
+    mutation_model: MutatorOpt = "auto",
     home: HomeOpt = None,
 ) -> None:
     """One more generation of the campaign for this suite, method and seed."""
@@ -151,7 +165,7 @@ def run_cmd(
         done = generations_done(where, suite, check_method(selection_method), seed)
         result = _campaign(
             where, suite, done + 1, selection_method, seed, Budget(max_metric_calls, max_tokens), minibatch,
-            max_prompt_tokens,
+            max_prompt_tokens, mutation_model,
         )  # fmt: skip
     except (CorralError, ValueError) as err:
         _fail(err)
