@@ -123,6 +123,11 @@ def join(
         ray_process.stop()
         _fail(err if isinstance(err, CorralError) else CorralError(f"the node agent did not start: {err}"))
         return
+    stop = {signal.SIGTERM, signal.SIGINT}
+    if not detach:
+        # Blocked before "joined" is printed: a service manager may stop us as soon as it reads
+        # it. (Not earlier: Ray's processes, started above, must not inherit the mask.)
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     p = info["profile"]
     tps = p.get("tokens_per_second")
     console.print(
@@ -132,8 +137,6 @@ def join(
     )
     if detach:
         return
-    stop = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     while ray_process.process.poll() is None:
         if signal.sigtimedwait(stop, 2.0) is not None:
             break
