@@ -264,7 +264,11 @@ async def run_turns(target: Target, clips: list[Clip], log: Any) -> list[Turn]:
             turn = await one_turn(target, clip, mode, f"bench-{stamp}-{i}-{mode}")
             turns.append(turn)
             v2v = "-" if turn.client_v2v_s is None else f"{turn.client_v2v_s * 1000:.0f} ms"
-            log(f"{i + 1:2d}/{len(clips)} {mode:11s} {v2v:>8s}  heard {turn.heard!r} {turn.error}".rstrip())
+            passes = (turn.server or {}).get("stretches", "?")
+            log(
+                f"{i + 1:2d}/{len(clips)} {mode:11s} {v2v:>8s}  {passes} STT pass(es), heard {turn.heard!r} "
+                f"{turn.error}".rstrip()
+            )
             await asyncio.sleep(0.5)  # the cancelled rest of the answer leaves the replica
     return turns
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from pipecat.frames.frames import (
     InputAudioRawFrame,
@@ -41,7 +40,6 @@ from corral.testing.fake_voice import (
     silence,
     tone,
 )
-from corral.voice.engines import SAMPLE_RATE
 from corral.voice.metrics import VoiceMetrics
 from corral.voice.pipeline import Engines, VoicePipeline, build_pipeline
 from corral.voice.processors import APOLOGY, SttMode, VoiceSerializer, parse_start
@@ -165,24 +163,6 @@ async def test_with_a_fixed_cost_engine_each_pause_transcribes_the_turn_so_far(t
         assert first < 1.5 and second > first + 2.0  # the second pass covers the whole turn
         partials = [m["text"] for m in rig.messages("transcript") if m["final"] is False]
         assert partials[0] == "what is"
-
-
-async def test_the_final_pass_starts_at_the_first_tenth_of_a_second_of_quiet(tmp_path: Path) -> None:
-    # The VAD calls speech over after 0.2 s of quiet; Whisper's pass over the turn starts after
-    # 0.1 s, and nothing is transcribed twice when the VAD and the turn detector then agree.
-    quiet_tails: list[float] = []
-
-    def heard(audio: np.ndarray) -> str:
-        loud = np.flatnonzero(np.abs(audio) > 0.01)
-        quiet_tails.append((audio.size - (loud[-1] + 1 if loud.size else 0)) / SAMPLE_RATE)
-        return "what is the capital of France"
-
-    async with voice_rig(tmp_path, heard=[heard], whole_passes=True) as rig:
-        await rig.transport.feed(utterance(1.0))
-        _, final = await final_transcript(rig)
-        assert final["text"] == "what is the capital of France"
-        assert len(quiet_tails) == 1, rig.stt.calls
-        assert 0.08 <= quiet_tails[0] < 0.2, quiet_tails  # before the VAD's 0.2 s stop
 
 
 async def test_segmented_baseline_transcribes_the_whole_utterance_once(tmp_path: Path) -> None:

@@ -60,10 +60,6 @@ from corral.voice.phrases import FirstPhraseAggregator
 log = logging.getLogger("corral.voice")
 
 SttMode = Literal["incremental", "segmented"]
-# A frame is speech when louder than this (about -50 dBFS) and than this fraction of the turn's
-# loudest frame (about -16 dB).
-SPEECH_FLOOR_RMS = 10 ** (-50 / 20)
-SPEECH_RELATIVE_RMS = 10 ** (-16 / 20)
 BYTES_PER_S = SAMPLE_RATE * 2  # PCM16 mono at 16 kHz
 _T = TypeVar("_T")
 
@@ -135,8 +131,6 @@ class _Turn:
     cut: int = 0  # bytes of `audio` already sent to the transcriber (incremental mode)
     jobs: list[asyncio.Task[str]] = field(default_factory=list)
     voiced_since_cut: bool = True
-    voiced_end: int = 0  # where the last frame loud enough to be speech ends, in `audio`
-    level: float = 0.0  # the loudest frame's RMS so far: speech is judged against it
     speaking: bool = True
     interrupted: bool = False
     probe: asyncio.Task[None] | None = None
@@ -201,7 +195,6 @@ class SpeechToText(FrameProcessor):
         proportional: bool = True,
         preroll_s: float = 0.5,
         probe_s: float = 0.5,
-        early_pass_s: float = 0.1,
         metrics: VoiceMetrics | None = None,
     ) -> None:
         super().__init__(name=f"SpeechToText[{mode}]")
@@ -214,7 +207,6 @@ class SpeechToText(FrameProcessor):
         self._min_stretch = int(min_stretch_s * SAMPLE_RATE) * 2
         self._preroll_bytes = int(preroll_s * SAMPLE_RATE) * 2
         self._probe = int(probe_s * SAMPLE_RATE) * 2
-        self._early_pass = int(early_pass_s * SAMPLE_RATE) * 2
         self._voice_metrics = metrics
         self._preroll = bytearray()
         self._turn: _Turn | None = None
@@ -253,11 +245,8 @@ class SpeechToText(FrameProcessor):
                 del self._preroll[: len(self._preroll) - self._preroll_bytes]
             return
         turn.audio += frame.audio
-        if self._is_speech(turn, frame.audio):
-            turn.voiced_end = len(turn.audio)
+        if turn.speaking:
             turn.voiced_since_cut = True
-        if self._early_pass and self._pause_begun(turn):
-            self._cut(turn, len(turn.audio), whole=True)  # likely the end: start the final pass
         if (
             self.mode == "incremental"
             and self._proportional
@@ -267,30 +256,6 @@ class SpeechToText(FrameProcessor):
         ):
             self._cut(turn, self._quiet_point(turn), pause=False)
         await self._maybe_probe(turn)
-
-    @staticmethod
-    def _is_speech(turn: _Turn, pcm: bytes) -> bool:
-        """Whether a frame of the turn is loud enough to be speech: above the silence floor and
-        within about 16 dB of the turn's loudest frame (a steady background stays below)."""
-        samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float32)
-        level = float(np.sqrt(np.mean(samples**2))) / 32768.0 if samples.size else 0.0
-        turn.level = max(turn.level, level)
-        return level >= max(SPEECH_FLOOR_RMS, SPEECH_RELATIVE_RMS * turn.level)
-
-    def _pause_begun(self, turn: _Turn) -> bool:
-        """Whether Whisper's final pass should start now, before the VAD calls the speech over:
-        `early_pass_s` of quiet after new speech. If the user goes on, the pass was a pause's
-        pass like any other; if not, the transcript is ready `vad_stop_s - early_pass_s` sooner.
-        Whole-pass engines only: a stretch engine would cut a word's stop consonant off."""
-        return (
-            self.mode == "incremental"
-            and not self._proportional
-            and turn.speaking
-            and not turn.busy
-            and turn.voiced_end > turn.cut
-            and len(turn.audio) - turn.voiced_end >= self._early_pass
-            and len(turn.audio) - turn.cut >= self._min_stretch
-        )
 
     async def _on_speech_started(self) -> None:
         turn = self._turn

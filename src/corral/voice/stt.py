@@ -109,7 +109,9 @@ class WhisperTranscriber:
     sentence(s) only. A decode that still runs into the cap without a repeat to drop is garbled
     and is done again in the safe `window_s` window (15 s, which never looped on our phrases).
     On the benchmark's 20 commands (2 cores) the fitted window took about half the time of the
-    15 s one with the same words; see docs/voice.md. `fit_pad_s=0` turns fitting off. Clips
+    15 s one with the same words. It is off by default (`fit_pad_s=0`): on Opus-coded WebRTC
+    audio it misheard "France" as "friends" in some runs where the 15 s window never did; see
+    docs/voice.md. Clips
     longer than `window_s - 1` and window_s=30 take faster-whisper's own path.
     """
 
@@ -123,7 +125,7 @@ class WhisperTranscriber:
         language: str = "en",
         beam_size: int = 1,
         window_s: float = 15.0,
-        fit_pad_s: float = 2.0,
+        fit_pad_s: float = 0.0,
         warm: bool = True,
     ) -> None:
         from faster_whisper import WhisperModel
