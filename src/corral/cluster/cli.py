@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -123,11 +124,13 @@ def join(
         ray_process.stop()
         _fail(err if isinstance(err, CorralError) else CorralError(f"the node agent did not start: {err}"))
         return
-    stop = {signal.SIGTERM, signal.SIGINT}
+    stopping = threading.Event()
     if not detach:
-        # Blocked before "joined" is printed: a service manager may stop us as soon as it reads
-        # it. (Not earlier: Ray's processes, started above, must not inherit the mask.)
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        # Handled before "joined" is printed: a service manager may stop us as soon as it reads
+        # it. A handler, not a blocked mask: the mask is per thread, and the threads Ray's client
+        # started would still take the signal's default action.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stopping.set())
     p = info["profile"]
     tps = p.get("tokens_per_second")
     console.print(
@@ -137,9 +140,8 @@ def join(
     )
     if detach:
         return
-    while ray_process.process.poll() is None:
-        if signal.sigtimedwait(stop, 2.0) is not None:
-            break
+    while ray_process.process.poll() is None and not stopping.wait(2.0):
+        pass
     code = ray_process.process.poll()
     ray_process.stop()
     if code not in (None, 0):
