@@ -51,6 +51,12 @@ class ServerConfig(_Strict):
     )
     request_timeout_s: float = Field(600.0, gt=0)
     connect_timeout_s: float = Field(2.0, gt=0)
+    failover_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="how long a request waits for a replica to come back when every replica of "
+        "its expert and fallbacks failed at once (then 503)",
+    )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="the largest request body any route accepts (413 above)"
     )

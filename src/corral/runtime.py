@@ -154,6 +154,7 @@ class Runtime:
             replica_details=self.replica_details,
             required_experts=tuple(e.name for e in self.config.experts if e.always_loaded),
             max_body_bytes=server.max_body_bytes,
+            failover_wait_s=server.failover_wait_s,
             rate_limit=server.rate_limit,
             cors_origins=list(server.cors_origins),
             nodes=self.cluster.status if self.cluster else lambda: [node_status(self.profile)],

@@ -174,7 +174,10 @@ def test_killed_replica_mid_load_loses_no_request(corral: RunningCorral, client:
         futures = [pool.submit(ask, client, "general", q, 32) for q in questions]
         time.sleep(0.8)  # requests are queued and running on both replicas now
         os.kill(int(victim["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
-        answers = [f.result(timeout=300) for f in futures]
+        concurrent.futures.wait(futures, timeout=300)
+    lost = [repr(f.exception()) for f in futures if f.exception() is not None]
+    assert not lost, f"{lost}\n--- corral log ---\n{corral.log.read_text()[-6000:]}"
+    answers = [f.result() for f in futures]
     assert all(a.choices[0].message.content is not None for a in answers)
     assert retries(corral, "general") > retries_before  # some were moved off the dead replica
     back = corral.wait_healthy("general/0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral.backends import BackendResponse
 from corral.config import ExpertConfig
 from corral.gateway.app import Gateway, create_app
 from corral.gateway.auth import KeyStore
@@ -25,7 +27,12 @@ EXPERTS = [
 
 class Harness:
     def __init__(
-        self, tmp_path: Path, *backends: FakeBackend, max_queue: int = 4, max_body_bytes: int = 8 << 20
+        self,
+        tmp_path: Path,
+        *backends: FakeBackend,
+        max_queue: int = 4,
+        max_body_bytes: int = 8 << 20,
+        failover_wait_s: float = 10.0,
     ) -> None:
         registry = LocalRegistry()
         for backend in backends:
@@ -38,6 +45,7 @@ class Harness:
             stops=lambda expert: ("\nUser:",) if expert == "general" else (),
             required_experts=("fallback",),
             max_body_bytes=max_body_bytes,
+            failover_wait_s=failover_wait_s,
         )
         self.app = create_app(self.gateway)
 
@@ -164,6 +172,45 @@ async def test_all_down_is_503_with_retry_after(tmp_path: Path) -> None:
     assert response.headers["retry-after"] == "2"
     assert "corral status" in response.json()["error"]["message"]
     assert ready.status_code == 503
+
+
+async def test_request_waits_for_a_replica_to_come_back_when_every_one_failed(tmp_path: Path) -> None:
+    killed = FakeBackend("general/0", "general", fail_connect=True, reply="from general")
+    spare = FakeBackend("fallback/0", "fallback", fail_connect=True)
+    harness = Harness(tmp_path, killed, spare)
+    failed_once = asyncio.Event()
+    spare_open = spare.open
+
+    async def spare_then_tell(path: str, body: bytes) -> BackendResponse:
+        failed_once.set()  # the request has failed on general/0 and now on its fallback
+        return await spare_open(path, body)
+
+    spare.open = spare_then_tell  # type: ignore[method-assign]
+
+    async def restart() -> None:
+        await failed_once.wait()
+        await asyncio.sleep(0.2)
+        killed.fail_connect = False
+        killed.state.set_status("ready")  # what the Engine's monitor does once it answers /health
+
+    async with harness.client() as client:
+        restarting = asyncio.create_task(restart())
+        response = await client.post("/v1/chat/completions", json=chat())
+        await restarting
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "from general"
+    assert len(killed.requests) == 2  # failed once, answered on the second pass
+
+
+async def test_a_server_error_everywhere_is_503_without_waiting(tmp_path: Path) -> None:
+    broken = FakeBackend("general/0", "general", status_code=500)
+    spare = FakeBackend("fallback/0", "fallback", status_code=500)
+    harness = Harness(tmp_path, broken, spare, failover_wait_s=60.0)
+    async with harness.client() as client:
+        response = await client.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 503
+    assert "HTTP 500" in response.json()["error"]["message"]
+    assert len(broken.requests) == len(spare.requests) == 1  # a 500 comes back again: no second pass
 
 
 async def test_backend_4xx_passes_through_and_context_overflow_explains(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ class Gateway:
     replica_details: Callable[[str], dict[str, Any]] = lambda name: {}
     required_experts: tuple[str, ...] = ()
     max_body_bytes: int = 8 * 1024 * 1024
+    failover_wait_s: float = 10.0
     created: int = field(default_factory=lambda: int(time.time()))
     agent: AgentService | None = None
     voice: VoiceService | None = None  # started and stopped with the app (needs the agent running)
@@ -82,7 +83,7 @@ class Gateway:
     @cached_property
     def proxy(self) -> Proxy:
         """The one Proxy: API requests and the agent's in-process LLM calls share its accounting."""
-        return Proxy(self.router, self.metrics, self.stops, self.max_body_bytes)
+        return Proxy(self.router, self.metrics, self.stops, self.max_body_bytes, self.failover_wait_s)
 
     def status(self) -> dict[str, Any]:
         experts = []

@@ -2,7 +2,9 @@
 
 The body is parsed once (to route, validate and add the expert's stop strings), then sent as
 bytes. Connect errors and 5xx answers before the first byte move the request to the next
-candidate; after the first byte the stream belongs to the client. A client that goes away
+candidate; when every candidate failed for a reason that passes (a killed replica, the rest
+restarting), the request waits up to `server.failover_wait_s` for one to come back instead of
+failing. After the first byte the stream belongs to the client. A client that goes away
 cancels the backend request (closing the connection stops llama-server's generation).
 """
 
@@ -33,6 +35,7 @@ from corral.gateway.errors import error_response
 from corral.gateway.metrics import GatewayMetrics
 from corral.gateway.router import Admission, Candidate, Router
 
+FAILOVER_POLL_S = 0.5  # how often a request whose replicas all failed looks for one back
 DEFAULT_MAX_TOKENS = 256  # expected completion length when the client does not say
 PROMPT_TOKEN_WEIGHT = 0.1  # prefill costs about a tenth of a decoded token per token on CPU
 
@@ -51,6 +54,19 @@ EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", "embedding")
 
 class ClientGone(Exception):
     """The client closed its connection before the answer was ready."""
+
+
+@dataclass
+class Failures:
+    """Why a request's passes over its candidates failed: the last error, and whether any of
+    them passes by itself (a dead or restarting replica) so another pass is worth waiting for."""
+
+    last: str = ""
+    transient: bool = False
+
+    def note(self, error: str, transient: bool) -> None:
+        self.last = error
+        self.transient = self.transient or transient
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -157,11 +173,13 @@ class Proxy:
         metrics: GatewayMetrics,
         stops: Callable[[str], tuple[str, ...]],
         max_body_bytes: int = 8 * 1024 * 1024,
+        failover_wait_s: float = 10.0,
     ) -> None:
         self.router = router
         self.metrics = metrics
         self._stops = stops
         self.max_body_bytes = max_body_bytes
+        self.failover_wait_s = failover_wait_s
 
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         started = time.perf_counter()
@@ -238,11 +256,53 @@ class Proxy:
         started: float,
         lease: Lease,
     ) -> Response:
-        last_error = ""
+        failed = Failures()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.failover_wait_s
+        while True:
+            response = await self._attempt(
+                request, endpoint, body, raw, candidates, requested, reason, cost, stream, started, lease,
+                failed,
+            )  # fmt: skip
+            if response is not None:
+                return response
+            if not failed.transient or loop.time() >= deadline:
+                break
+            # Every replica failed in a way that passes (one was killed, the others restarting):
+            # wait for one to be healthy again rather than lose the request.
+            await asyncio.sleep(FAILOVER_POLL_S)
+            if request is not None and await request.is_disconnected():
+                return Response(status_code=499)
+            candidates = self.router.candidates(requested, cost)
+            failed.transient = False
+        self.metrics.requests.labels(endpoint.name, requested, "", "503").inc()
+        raise NoBackendError(
+            f"every replica for {requested!r} and its fallbacks failed ({failed.last or 'none healthy'}); "
+            "retry shortly, or check `corral status` and the replica logs",
+            retry_after_s=2.0,
+        )
+
+    async def _attempt(
+        self,
+        request: Request | None,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        raw: bytes,
+        candidates: list[Candidate],
+        requested: str,
+        reason: str,
+        cost: int,
+        stream: bool,
+        started: float,
+        lease: Lease,
+        failed: Failures,
+    ) -> Response | None:
+        """One pass over the candidates: the answer, or None with `failed` saying why."""
         for candidate in candidates:
             backend, expert = candidate.backend, candidate.expert
             state = backend.state
             if not state.healthy:  # it may have failed for an earlier attempt of this request
+                failed.transient = True
                 continue
             lease.take(backend, cost)
             try:
@@ -253,7 +313,7 @@ class Proxy:
                 lease.drop_backend()
                 state.failures += 1
                 state.set_status("unhealthy", error=f"{type(exc).__name__}: {exc}")
-                last_error = f"{backend.name}: {type(exc).__name__}"
+                failed.note(f"{backend.name}: {type(exc).__name__}", transient=True)
                 self.metrics.retries.labels(requested, "connect").inc()
                 continue
             if upstream.status_code >= 500:
@@ -261,7 +321,10 @@ class Proxy:
                 await upstream.aclose()
                 lease.drop_backend()
                 state.failures += 1
-                last_error = f"{backend.name}: HTTP {upstream.status_code} {detail}"
+                # 503 is llama-server loading its model; other 5xx answers would come back again
+                failed.note(
+                    f"{backend.name}: HTTP {upstream.status_code} {detail}", upstream.status_code == 503
+                )
                 self.metrics.retries.labels(requested, "5xx").inc()
                 continue
             headers = {
@@ -284,19 +347,14 @@ class Proxy:
                 await upstream.aclose()
                 lease.drop_backend()
                 state.set_status("unhealthy", error=str(exc))
-                last_error = f"{backend.name}: {type(exc).__name__} while reading"
+                failed.note(f"{backend.name}: {type(exc).__name__} while reading", transient=True)
                 self.metrics.retries.labels(requested, "read").inc()
                 continue
             await upstream.aclose()
             self.observe(content, backend, expert)
             self.count(endpoint, expert, backend, 200, started)
             return Response(content, status_code=200, media_type="application/json", headers=headers)
-        self.metrics.requests.labels(endpoint.name, requested, "", "503").inc()
-        raise NoBackendError(
-            f"every replica for {requested!r} and its fallbacks failed ({last_error or 'none healthy'}); "
-            "retry shortly, or check `corral status` and the replica logs",
-            retry_after_s=2.0,
-        )
+        return None
 
     async def _open(
         self,
