@@ -171,7 +171,7 @@ class Runtime:
         gateway.supervisor = build_supervisor(
             self.config.supervisor, self.paths.home, engine, agent=gateway.agent,
             registry=gateway.metrics.registry, logs=gateway.logs.lines,
-            resolve_model=Catalog(self.paths.models, self.progress).resolve,
+            resolve_model=Catalog(self.paths.models, self.progress).resolve, cluster=self.cluster,
         )  # fmt: skip
         if self.config.mqtt.enabled:
             bridge = HomeAssistantBridge(self.config.mqtt, gateway.status, gateway.readiness, env=self.env)

@@ -39,6 +39,7 @@ from corral.hardware import detect_profile  # noqa: E402
 from corral.models.catalog import Catalog  # noqa: E402
 from corral.paths import CorralPaths  # noqa: E402
 from corral.runtime import Runtime, http_client  # noqa: E402
+from corral.supervisor.incidents import IncidentStore  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -246,6 +247,13 @@ def test_a_node_lost_mid_load_fails_no_unstarted_request_and_is_re_placed(runnin
     running.wait("general re-placed off beta", lambda: len(running.healthy("general")) == 2)
     assert "beta" not in {p.node for p in running.registry.plan.placements}
     assert {n["name"]: n["power"] for n in running.registry.status()}["beta"] == "lost"
+    # The supervisor watches nodes too: the loss is an incident, recorded, since its replica moved.
+    store = IncidentStore(running.home / "supervisor" / "incidents")
+    running.wait("the supervisor's incident", lambda: any(i.target == "node/beta" for i in store.list()), 30)
+    incident = next(i for i in store.list() if i.target == "node/beta")
+    assert (incident.kind, incident.status) == ("node_lost", "recorded"), incident
+    held = incident.bundle.spec["replicas"]
+    assert beta.name in held and set(incident.bundle.spec["moved"]) == set(held), incident.bundle.spec
 
 
 def _magic(mac: str) -> bytes:

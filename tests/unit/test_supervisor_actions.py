@@ -27,7 +27,7 @@ from corral.supervisor.actions import (
     planned_spec,
     reduced_context,
 )
-from corral.supervisor.diagnostics import Bundle, Memory, signal_name
+from corral.supervisor.diagnostics import Bundle, Memory, node_bundle, run_bundle, signal_name
 from corral.supervisor.prompts import REFLECTION_SEED
 from corral.supervisor.rules import classify
 
@@ -164,3 +164,35 @@ def test_only_the_last_run_of_the_log_decides() -> None:
     now = "I srv  llama_server: initializing ...\nE llama_model_load: mmap failed: Cannot allocate memory\n"
     verdict = classify(bundle(exit_code=1, log_tail=earlier + now, memory=Memory(limit_bytes=GB)))
     assert verdict.kind == "alloc_failure" and isinstance(verdict.action, IncreaseMemory)
+
+
+def test_runs_are_resumed_when_a_resume_fixes_them_and_repeats_go_to_reflection() -> None:
+    steps = [{"seq": 1, "node": "answer", "status": "error", "error": "the model call failed"}]
+    cut = classify(run_bundle("r1", "agent", "interrupted", "", []))
+    assert (cut.kind, cut.action) == ("run_interrupted", Restart(reason=cut.reason))
+    down = run_bundle("r2", "agent", "failed", "no healthy replica for 'general' or its fallbacks", steps)
+    assert down.spec["node"] == "answer" and "1. answer: error" in down.log_tail
+    assert classify(down).kind == "run_model_unavailable" and isinstance(classify(down).action, Restart)
+    own = run_bundle("r3", "agent", "failed", "node 'parse' failed: not JSON", steps)
+    assert (classify(own).kind, classify(own).needs_healing) == ("run_failed", False)
+    repeated = run_bundle(
+        "r4", "agent", "failed", "node 'parse' failed: not JSON", steps, failures_in_window=3
+    )
+    verdict = classify(repeated, repeat_threshold=3)
+    assert (verdict.kind, verdict.action, verdict.needs_healing) == ("repeated_run_failure", None, True)
+    assert "workflow: agent; status: failed; failed node: answer" in repeated.summary()
+
+
+def test_a_lost_node_is_woken_only_when_its_experts_fit_nowhere_else() -> None:
+    info = {"mac": None, "profile": {"ram_available_bytes": GB, "ram_total_bytes": 2 * GB}}
+    moved = node_bundle("beta", "left the cluster", ["general/1"], {"general/1": "alpha"}, [], info)
+    verdict = classify(moved)
+    assert (verdict.kind, verdict.needs_healing) == (
+        "node_lost",
+        False,
+    ) and "general/1 to alpha" in verdict.reason
+    stuck = node_bundle("beta", "left the cluster", ["big/0"], {}, ["big/0"], info)
+    assert (
+        isinstance(classify(stuck).action, Restart) and "big/0 fit on no other node" in classify(stuck).reason
+    )
+    assert "fit nowhere now: big/0" in stuck.summary()

@@ -15,8 +15,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
+from corral.agent.nodes.base import NodeFailure
 from corral.agent.service import AgentService
 from corral.agent.settings import AgentConfig
+from corral.cluster.registry import NodeLoss
 from corral.engine.binaries import EngineBinaries
 from corral.engine.manager import Engine
 from corral.engine.replica import Replica, ReplicaSpec
@@ -349,3 +351,164 @@ async def test_an_adaptation_cut_off_midway_resumes_at_the_next_start(tmp_path: 
     assert done is not None and done.stage == "refused", done.history
     assert any(h.get("resumed") for h in done.history)
     assert second.resume(TaskOwner()) == []  # finished records are not run again
+
+
+ASK = """
+version: 1
+name: ask
+inputs: {question: {type: string}}
+nodes:
+  answer: {type: llm, in: {prompt: $inputs.question}}
+  out: {type: output, in: {answer: $answer.text}}
+"""
+UNAVAILABLE = NodeFailure(
+    "the model call failed: every replica for 'general' and its fallbacks failed (general/0: ConnectError)"
+)
+
+
+async def run_world(tmp_path: Path, mode: str, llm: FakeLLM, started: list[World]) -> World:
+    (tmp_path / "wf").mkdir(exist_ok=True)
+    (tmp_path / "wf" / "ask.yaml").write_text(ASK)
+    world = World(tmp_path, mode, llm)
+    started.append(world)
+    assert world.agent is not None
+    await world.agent.start()
+    await world.supervisor.start()  # subscribes to the agent's runs
+    return world
+
+
+async def test_a_run_failed_by_an_unavailable_model_is_resumed_and_succeeds(
+    tmp_path: Path, started: list[World]
+) -> None:
+    world = await run_world(tmp_path, "autonomous", FakeLLM(replies=[UNAVAILABLE], default="Paris."), started)
+    assert world.agent is not None
+    record = await world.agent.start_run("ask", {"question": "capital of France?"}).result()
+    assert record.status == "failed"
+    await world.settle()
+    incident = world.only()
+    assert (incident.kind, incident.target, incident.status) == (
+        "run_model_unavailable",
+        f"run/{record.id}",
+        "healed",
+    )
+    assert incident.bundle.spec["node"] == "answer" and "every replica" in incident.bundle.detail
+    resumed = world.agent.store.run(record.id)
+    assert resumed is not None and (resumed.status, resumed.outputs) == ("succeeded", {"answer": "Paris."})
+
+
+async def test_a_single_run_failing_for_its_own_reasons_is_only_recorded(
+    tmp_path: Path, started: list[World]
+) -> None:
+    llm = FakeLLM(replies=[NodeFailure("the model call failed: the prompt has 9000 tokens")], default="x")
+    world = await run_world(tmp_path, "autonomous", llm, started)
+    assert world.agent is not None
+    record = await world.agent.start_run("ask", {"question": "q"}).result()
+    await world.settle()
+    incident = world.only()
+    assert (incident.kind, incident.status, incident.action) == ("run_failed", "recorded", None)
+    assert world.agent.store.run(record.id).status == "failed"  # type: ignore[union-attr]  # not resumed
+    assert len(llm.requests) == 1  # no reflection for one failed run
+
+
+async def test_a_run_cut_off_by_a_shutdown_is_proposed_for_resume_then_resumed_on_approval(
+    tmp_path: Path, started: list[World]
+) -> None:
+    first = await run_world(tmp_path, "review", FakeLLM(default="slow answer " * 50, delay_s=0.05), started)
+    assert first.agent is not None
+    handle = first.agent.start_run("ask", {"question": "q"})
+    await asyncio.sleep(0.2)  # the llm node is streaming when corral "dies"...
+    handle.task.cancel()
+    await asyncio.gather(handle.task, return_exceptions=True)
+    first.agent.store.set_status(handle.run_id, "running")  # ...so the run's row still says running
+    await first.supervisor.stop()
+    await first.agent.stop()
+    started.remove(first)
+    await first.client.aclose()
+
+    second = await run_world(tmp_path, "review", FakeLLM(default="Paris."), started)
+    await second.settle()
+    incident = second.only()
+    assert (incident.kind, incident.status, incident.action["action"]) == (
+        "run_interrupted",
+        "proposed",
+        "restart",
+    )
+    second.supervisor.approve(incident.id, by="admin")
+    await second.settle()
+    assert second.supervisor.get(incident.id).status == "healed"
+    assert second.agent.store.run(handle.run_id).status == "succeeded"  # type: ignore[union-attr]
+
+
+def loss(unplaced: tuple[str, ...] = ()) -> NodeLoss:
+    moved = {r: "alpha" for r in ("general/1", "big/0") if r not in unplaced}
+    info = {
+        "mac": "02:00:00:00:00:0b",
+        "profile": {"ram_available_bytes": 6 << 30, "ram_total_bytes": 8 << 30},
+    }
+    return NodeLoss("beta", "left the cluster", ("general/1", "big/0"), moved, unplaced, info)
+
+
+class FakeCluster:
+    """What the supervisor uses of the RayRegistry: its nodes, Wake-on-LAN and the wake timeout."""
+
+    def __init__(self, comes_back: bool) -> None:
+        self.nodes: dict[str, Any] = {"beta": SimpleNamespace(state="lost")}
+        self.config = SimpleNamespace(power=SimpleNamespace(wake_timeout_s=3.0))
+        self.woken: list[str] = []
+        self.on_node_lost: Any = None
+        self.comes_back = comes_back
+
+    def wake(self, target: str) -> tuple[str, str]:
+        self.woken.append(target)
+        if self.comes_back:
+            self.nodes[target].state = "awake"
+        return target, "02:00:00:00:00:0b"
+
+
+def node_world(tmp_path: Path, mode: str, cluster: FakeCluster) -> World:
+    world = World(tmp_path, mode)
+    world.supervisor = Supervisor(
+        world.supervisor.settings, tmp_path, world.engine, registry=CollectorRegistry(),
+        cluster=cluster,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return world
+
+
+async def test_a_lost_node_whose_replicas_moved_is_recorded(tmp_path: Path, started: list[World]) -> None:
+    cluster = FakeCluster(comes_back=True)
+    world = node_world(tmp_path, "autonomous", cluster)
+    started.append(world)
+    assert cluster.on_node_lost == world.supervisor.node_lost  # the hook is installed
+    cluster.on_node_lost(loss())
+    await world.settle()
+    incident = world.only()
+    assert (incident.kind, incident.target, incident.status) == ("node_lost", "node/beta", "recorded")
+    assert "general/1 to alpha" in incident.reason and not cluster.woken
+
+
+async def test_a_lost_node_holding_what_fits_nowhere_else_is_woken(
+    tmp_path: Path, started: list[World]
+) -> None:
+    cluster = FakeCluster(comes_back=True)
+    world = node_world(tmp_path, "autonomous", cluster)
+    started.append(world)
+    world.supervisor.node_lost(loss(unplaced=("big/0",)))
+    await world.settle()
+    incident = world.only()
+    assert (incident.kind, incident.status, incident.action["action"]) == ("node_lost", "healed", "restart")
+    assert cluster.woken == ["beta"] and "back after Wake-on-LAN" in incident.outcome
+
+
+async def test_a_node_that_does_not_come_back_fails_with_what_to_do(
+    tmp_path: Path, started: list[World]
+) -> None:
+    cluster = FakeCluster(comes_back=False)
+    world = node_world(tmp_path, "autonomous", cluster)
+    started.append(world)
+    world.supervisor.node_lost(loss(unplaced=("big/0",)))
+    for _ in range(100):
+        await world.settle()
+        if world.only().status != "acting":
+            break
+    incident = world.only()
+    assert incident.status == "failed" and "corral provision --playbook heal --limit beta" in incident.outcome

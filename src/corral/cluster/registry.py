@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,19 @@ class ReplicaTemplate:
     context: int
     embedding: bool = False
     extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeLoss:
+    """A node the head lost (not one it put to sleep), told to the supervisor after the re-plan:
+    the replicas it held, where they went, which fit nowhere now, and its last profile."""
+
+    name: str
+    why: str
+    replicas: tuple[str, ...]
+    moved: dict[str, str]
+    unplaced: tuple[str, ...]
+    info: dict[str, Any]
 
 
 @dataclass
@@ -104,6 +117,8 @@ class RayRegistry:
         self._first_seen: dict[str, float] = {}
         self._power_gauge: Gauge | None = None
         self._nodes_gauge: Gauge | None = None
+        self.on_node_lost: Callable[[NodeLoss], object] | None = None  # the supervisor's hook
+        self._losses: list[tuple[NodeRecord, str, tuple[str, ...]]] = []  # told after the re-plan
 
     # The Registry seam ---------------------------------------------------------------------
 
@@ -166,6 +181,7 @@ class RayRegistry:
                 self._lose(record, "left the cluster")
         await self._sync_states()
         self._replan()
+        self._tell_losses()
         self._apply_power()
         self._export()
 
@@ -201,6 +217,8 @@ class RayRegistry:
         record.state = "sleeping" if record.state == "sleeping" else "lost"
         if record.state == "lost":
             log.warning("node %s %s: its replicas are re-placed", record.name, why)
+            held = tuple(f"{p.expert}/{p.index}" for p in self.plan.on(record.name))
+            self._losses.append((record, why, held))
         for key, backend in list(self._backends.items()):
             if self._where.get(backend.name) == record.name:
                 backend.state.set_status("lost", error=f"node {record.name} {why}")
@@ -208,6 +226,22 @@ class RayRegistry:
         self.plan = Plan(
             [p for p in self.plan.placements if p.node != record.name], self.plan.unplaced, self.plan.skipped
         )
+
+    def _tell_losses(self) -> None:
+        losses, self._losses = self._losses, []
+        if self.on_node_lost is None:
+            return
+        where = {f"{p.expert}/{p.index}": p.node for p in self.plan.placements}
+        unplaced = {f"{u.expert}/{u.index}" for u in self.plan.unplaced}
+        for record, why, held in losses:
+            moved = {r: where[r] for r in held if r in where}
+            loss = NodeLoss(
+                record.name, why, held, moved, tuple(r for r in held if r in unplaced), record.info
+            )
+            try:
+                self.on_node_lost(loss)
+            except Exception:  # the supervisor's trouble must not stop the cluster following itself
+                log.exception("telling the supervisor that node %s was lost failed", record.name)
 
     async def _sync_states(self) -> None:
         async def one(record: NodeRecord) -> None:

@@ -1,5 +1,6 @@
-"""The diagnostics bundle: what the supervisor knows about one failure — how the process ended,
-its log tail, memory (its RSS and limit, the machine's free RAM), recent requests and its spec."""
+"""The diagnostics bundle: what the supervisor knows about one failure — how a replica's process
+ended, an agent run's failed step, or a cluster node's loss — with its log tail (or step trace),
+memory (RSS and limit, the machine's free RAM), recent requests and its spec."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class Bundle(BaseModel):
     """Everything reflection sees; stored inside the incident file."""
 
     target: str
-    source: str = Field(description="replica | run")
+    source: str = Field(description="replica | run | node")
     time: float = Field(default_factory=time.time)
     exit_code: int | None = None
     signal: str | None = None
@@ -45,7 +46,17 @@ class Bundle(BaseModel):
             f"memory: rss={self.memory.rss_bytes} limit={self.memory.limit_bytes} "
             f"free={self.memory.available_bytes}",
         ]
-        if self.spec:
+        if self.source == "run" and self.spec:
+            lines.append(
+                f"workflow: {self.spec.get('workflow')}; status: {self.spec.get('status')}; "
+                f"failed node: {self.spec.get('node') or 'none'}"
+            )
+        elif self.source == "node" and self.spec:
+            lines.append(
+                f"replicas it held: {', '.join(self.spec.get('replicas', [])) or 'none'}; "
+                f"fit nowhere now: {', '.join(self.spec.get('unplaced', [])) or 'none'}"
+            )
+        elif self.spec:
             lines.append(
                 f"context per slot: {self.spec.get('context_per_slot')}; slots: {self.spec.get('slots')}; "
                 f"model: {self.spec.get('model')}"
@@ -118,4 +129,69 @@ def replica_bundle(
         spec=spec_json(spec),
         crashes_in_window=crashes_in_window,
         detail=detail,
+    )
+
+
+def run_bundle(
+    run_id: str,
+    workflow: str,
+    status: str,
+    error: str,
+    steps: Sequence[dict[str, Any]],
+    *,
+    failures_in_window: int = 1,
+) -> Bundle:
+    """An agent run that failed (or was cut off by a shutdown): its error, and its step trace as
+    the log tail (node, status, error of each step, the failing one last)."""
+    available, total = machine_memory()
+    failed = next((s for s in reversed(steps) if s.get("status") == "error"), None)
+    trace = [
+        f"{s.get('seq')}. {s.get('node')}: {s.get('status')}" + (f" ({s['error']})" if s.get("error") else "")
+        for s in steps[-12:]
+    ]
+    return Bundle(
+        target=f"run/{run_id}",
+        source="run",
+        log_tail="\n".join(trace),
+        memory=Memory(available_bytes=available, total_bytes=total),
+        spec={
+            "run_id": run_id,
+            "workflow": workflow,
+            "status": status,
+            "node": failed.get("node") if failed else None,
+        },
+        crashes_in_window=failures_in_window,
+        detail=error,
+    )
+
+
+def node_bundle(
+    name: str,
+    why: str,
+    replicas: Sequence[str],
+    moved: dict[str, str],
+    unplaced: Sequence[str],
+    info: dict[str, Any],
+) -> Bundle:
+    """A cluster node the head lost: why, the replicas it held, where the planner moved them
+    and which fit nowhere now, and the node's last reported profile."""
+    profile = info.get("profile", {})
+    moves = ", ".join(f"{r} -> {n}" for r, n in sorted(moved.items())) or "none"
+    return Bundle(
+        target=f"node/{name}",
+        source="node",
+        memory=Memory(
+            rss_bytes=info.get("rss_bytes"),
+            available_bytes=int(profile.get("ram_available_bytes", 0)),
+            total_bytes=int(profile.get("ram_total_bytes", 0)),
+        ),
+        spec={
+            "node": name,
+            "replicas": list(replicas),
+            "moved": dict(moved),
+            "unplaced": list(unplaced),
+            "mac": info.get("mac"),
+            "address": info.get("host"),
+        },
+        detail=f"node {name} {why}; moved: {moves}",
     )

@@ -1,6 +1,7 @@
 """Healing: carry out one action on one replica with a cooldown and an hourly rate limit per
 target, check afterwards that it is healthy and the failure did not recur, and put the old
-settings back when the action did not help."""
+settings back when the action did not help. Runs and nodes have no settings to change: for them
+only "restart" applies (resume the run, wake the node), under the same cooldown and rate limit."""
 
 from __future__ import annotations
 
@@ -104,6 +105,26 @@ class Healer:
         back = await self.targets.restart(target, f"supervisor: revert {action.action}")
         state = "is back on its old settings" if back else "did not come back on its old settings either"
         return Result("reverted", f"{target} {why} after {action.action}; it {state}", before, after)
+
+    async def restart_only(
+        self, target: str, action: HealingAction, restart: Callable[[], Awaitable[Result]], *, key: str = ""
+    ) -> Result:
+        """Heal a target whose only action is a restart (a run, a node); `restart` acts and checks.
+        `key` is what the cooldown and rate limit count (a run's workflow, so a storm of failing
+        runs cannot buy a storm of resumes); the target by default."""
+        kind = target.split("/", 1)[0]
+        if not isinstance(action, Restart):
+            return Result(
+                "not_applicable",
+                f"{action.action} changes a replica's settings; a {kind} can only be restarted "
+                f"({'resumed' if kind == 'run' else 'woken'})",
+            )
+        key = key or target
+        wait = self.admit(key)
+        if wait is not None:
+            return Result("skipped", wait)
+        self.acted.setdefault(key, []).append(self.clock())
+        return await restart()
 
     async def _holds(self, target: str, exits_before: int) -> bool:
         """Healthy, with no new exit, for verify_s."""

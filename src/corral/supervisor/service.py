@@ -1,6 +1,8 @@
-"""The Supervisor: told of every replica exit by the Engine, it records an incident with a
-diagnostics bundle, classifies it (rules first, then the reflect workflow), and heals according
-to its mode — observe records, review waits for a human in Mission Control, autonomous acts.
+"""The Supervisor: told of every replica exit by the Engine, every failed or interrupted agent
+run by the agent's event bus, and every lost cluster node by the RayRegistry, it records an
+incident with a diagnostics bundle, classifies it (rules first, then the reflect workflow), and
+heals according to its mode — observe records, review waits for a human in Mission Control,
+autonomous acts (a replica's settings and restart, a run's resume, a node's Wake-on-LAN).
 
 How it relates to the Engine's own restarts: the Engine restarts any crashed replica with backoff,
 which is right for a one-off crash, so the supervisor only records those. It takes over (the
@@ -23,11 +25,11 @@ from prometheus_client import CollectorRegistry
 
 from corral.engine.manager import Engine
 from corral.engine.replica import Replica, ReplicaSpec
-from corral.errors import BadRequestError, NotFoundError
+from corral.errors import BadRequestError, CorralError, NotFoundError
 from corral.hardware import process_rss
 from corral.models.catalog import ModelEntry
 from corral.supervisor.actions import ActionRejected, HealingAction, Limits, Novel, action_json, parse_action
-from corral.supervisor.diagnostics import Bundle, machine_memory, replica_bundle
+from corral.supervisor.diagnostics import Bundle, machine_memory, node_bundle, replica_bundle, run_bundle
 from corral.supervisor.healing import Healer, Result
 from corral.supervisor.incidents import Incident, IncidentStore, new_id
 from corral.supervisor.metrics import SupervisorMetrics
@@ -37,10 +39,14 @@ from corral.supervisor.settings import Mode, SupervisorConfig
 from corral.tasks import TaskOwner
 
 if TYPE_CHECKING:
+    from corral.agent.events import Subscription
     from corral.agent.service import AgentService
+    from corral.cluster.registry import NodeLoss, RayRegistry
     from corral.supervisor.adaptation import AdaptationManager
 
 log = logging.getLogger("corral.supervisor")
+
+RESUME_WAIT_S = 600.0  # how long a resumed run may take before its incident says "still running"
 
 
 class ConflictError(BadRequestError):
@@ -95,10 +101,12 @@ class Supervisor:
         resolve_model: Callable[[str], ModelEntry] | None = None,
         context: Callable[[str], list[dict[str, Any]]] = lambda target: [],
         adaptation: AdaptationManager | None = None,
+        cluster: RayRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.agent = agent
+        self.cluster = cluster
         self.context = context  # recent gateway activity about a replica, for the bundle
         self.adaptation = adaptation
         self.store = IncidentStore(home / "supervisor" / "incidents")
@@ -107,8 +115,11 @@ class Supervisor:
         self.healer = Healer(self.targets, settings, self.limits, resolve_model)
         self._exits: dict[str, list[float]] = {}
         self._busy: set[str] = set()  # targets being healed: their exits belong to the healer
+        self._resuming: set[str] = set()  # runs the healer resumed: a new failure is its verdict
         self._tasks = TaskOwner()
         engine.on_exit = self.on_exit
+        if cluster is not None:
+            cluster.on_node_lost = self.node_lost
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -119,6 +130,11 @@ class Supervisor:
                         ", ".join(interrupted))  # fmt: skip
         if self.adaptation is not None:
             self.adaptation.resume(self._tasks)
+        if self.agent is not None and self.agent.started:
+            subscription = self.agent.bus.subscribe(tokens=False)
+            self._tasks.spawn(self._watch_runs(subscription), name="supervisor-runs")
+            for run_id in self.agent.interrupted:
+                self.run_ended(run_id)
 
     async def stop(self) -> None:
         await self._tasks.close()
@@ -182,6 +198,93 @@ class Supervisor:
         self._tasks.spawn(self.handle(incident, verdict), name=f"incident-{incident.id}")
         return claim
 
+    # --- runs and nodes ------------------------------------------------------------------------
+
+    async def _watch_runs(self, subscription: Subscription) -> None:
+        try:
+            async for event in subscription:
+                if event.type == "run.failed" and event.data.get("root_run", event.run_id) == event.run_id:
+                    self.run_ended(event.run_id)
+        finally:
+            subscription.close()
+
+    def run_ended(self, run_id: str) -> Incident | None:
+        """A failed or interrupted agent run: record it, and resume it when the rules say a
+        resume fixes it (a shutdown cut it off, its model was briefly unavailable)."""
+        if self.agent is None or run_id in self._resuming:
+            return None  # a run the healer resumed: the healer records how it ended
+        record = self.agent.store.run(run_id)
+        if record is None or record.parent_id or record.workflow == self.settings.reflection_workflow:
+            return None  # a sub-run fails its parent, which is recorded; reflecting on reflection loops
+        key = f"workflow/{record.workflow}"
+        now = time.monotonic()
+        self._exits.setdefault(key, []).append(now)
+        window = [t for t in self._exits[key] if now - t < self.settings.repeat_window_s]
+        steps = [step.to_json() for step in self.agent.store.steps(run_id)]
+        bundle = run_bundle(run_id, record.workflow, record.status, record.error or "", steps,
+                            failures_in_window=len(window))  # fmt: skip
+        verdict = classify(bundle, self.settings.repeat_threshold)
+        incident = self.open(bundle, verdict)
+        if verdict.needs_healing:
+            self._tasks.spawn(self.handle(incident, verdict), name=f"incident-{incident.id}")
+        return incident
+
+    def node_lost(self, loss: NodeLoss) -> Incident:
+        """A node the cluster lost (not one put to sleep): recorded when its replicas found other
+        nodes; brought back by Wake-on-LAN when some of its experts fit nowhere else."""
+        bundle = node_bundle(loss.name, loss.why, loss.replicas, loss.moved, loss.unplaced, loss.info)
+        verdict = classify(bundle, self.settings.repeat_threshold)
+        incident = self.open(bundle, verdict)
+        if verdict.needs_healing:
+            self._tasks.spawn(self.handle(incident, verdict), name=f"incident-{incident.id}")
+        return incident
+
+    async def _resume(self, bundle: Bundle) -> Result:
+        run_id = str(bundle.spec.get("run_id"))
+        if self.agent is None or not self.agent.started:
+            return Result("failed", "the agent runtime is not running")
+        self._resuming.add(run_id)
+        try:
+            try:
+                handle = self.agent.runner.resume(run_id)
+            except CorralError as exc:
+                return Result("failed", f"run {run_id} could not be resumed: {exc.message}")
+            await asyncio.wait({handle.task}, timeout=RESUME_WAIT_S)
+            record = self.agent.store.run(run_id)
+            status = record.status if record is not None else "gone"
+        finally:
+            self._resuming.discard(run_id)
+        if status == "succeeded":
+            return Result("healed", f"run {run_id} was resumed and succeeded")
+        if status in ("running", "waiting"):
+            return Result("healed", f"run {run_id} was resumed and is {status}")
+        error = record.error if record is not None else ""
+        return Result("failed", f"run {run_id} was resumed and {status} again: {error}")
+
+    async def _wake(self, bundle: Bundle) -> Result:
+        name = str(bundle.spec.get("node"))
+        cluster = self.cluster
+        if cluster is None:
+            return Result("failed", "corral is not running a cluster head")
+        try:
+            cluster.wake(name)
+        except Exception as exc:
+            return Result("failed", f"cannot wake node {name}: {exc}; or restore its services with "
+                                    f"`corral provision --playbook heal --limit {name}`")  # fmt: skip
+        loop = asyncio.get_running_loop()
+        timeout = cluster.config.power.wake_timeout_s
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            record = cluster.nodes.get(name)
+            if record is not None and record.state == "awake":
+                return Result("healed", f"node {name} is back after Wake-on-LAN")
+            await asyncio.sleep(1.0)
+        return Result(
+            "failed",
+            f"node {name} did not come back within {timeout:.0f}s of Wake-on-LAN; check its power, "
+            f"or run `corral provision --playbook heal --limit {name}`",
+        )
+
     def _recent(self, replica: Replica) -> list[dict[str, Any]]:
         state = replica.state
         counts = {"in_flight": state.in_flight, "served": state.served, "failures": state.failures,
@@ -199,7 +302,7 @@ class Supervisor:
         )  # fmt: skip
         incident.note("opened", kind=verdict.kind, reason=verdict.reason)
         if not verdict.needs_healing:
-            incident.note("recorded", reason="a single plain crash: the Engine restarts it with backoff")
+            incident.note("recorded", reason=verdict.reason)
         self.store.save(incident)
         self.metrics.incidents.labels(verdict.kind).inc()
         log.warning("incident %s: %s on %s (%s)", incident.id, verdict.kind, bundle.target, verdict.reason)
@@ -268,7 +371,7 @@ class Supervisor:
         incident.note("acting", action=action.action)
         self.store.save(incident)
         try:
-            result = await self.healer.heal(target, action)
+            result = await self._heal(incident, action)
         except Exception as exc:  # the action itself broke: record it, do not lose the incident
             log.exception("healing %s on %s failed", action.action, target)
             result = Result("failed", f"{action.action} raised {type(exc).__name__}: {exc}")
@@ -283,6 +386,17 @@ class Supervisor:
         self.store.save(incident)
         log.warning("incident %s: %s -> %s (%s)", incident.id, action.action, result.outcome, result.detail)
         return incident
+
+    async def _heal(self, incident: Incident, action: HealingAction) -> Result:
+        bundle = incident.bundle
+        if bundle.source == "run":
+            key = f"workflow/{bundle.spec.get('workflow')}"
+            return await self.healer.restart_only(
+                incident.target, action, lambda: self._resume(bundle), key=key
+            )
+        if bundle.source == "node":
+            return await self.healer.restart_only(incident.target, action, lambda: self._wake(bundle))
+        return await self.healer.heal(incident.target, action)
 
     def _hand_back(self, target: str) -> None:
         """A held replica that nobody is healing any more goes back to the Engine's restarts."""
@@ -337,6 +451,7 @@ def build_supervisor(
     registry: CollectorRegistry | None,
     resolve_model: Callable[[str], ModelEntry] | None,
     logs: Callable[[], list[dict[str, Any]]] = list,
+    cluster: RayRegistry | None = None,
 ) -> Supervisor | None:
     """The supervisor `corral up` runs (None when `supervisor.enabled` is false), with its
     adaptation manager when adaptation is on."""
@@ -352,5 +467,5 @@ def build_supervisor(
     adaptation = AdaptationManager(home, settings.adaptation, agent) if settings.adaptation.enabled else None
     return Supervisor(
         settings, home, engine, agent=agent, registry=registry, resolve_model=resolve_model,
-        context=context, adaptation=adaptation,
+        context=context, adaptation=adaptation, cluster=cluster,
     )  # fmt: skip
