@@ -120,8 +120,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_corral(home: Path, config_text: str) -> RunningCorral:
-    """Run `corral up` as a user would (its own process group) and wait until /ready."""
+def start_corral(home: Path, config_text: str, args: tuple[str, ...] = ()) -> RunningCorral:
+    """Run `corral up` (with `args`) as a user would (its own process group) and wait until /ready."""
     config = home / "corral.yaml"
     config.write_text(config_text)
     env = {**os.environ, "CORRAL_HOME": str(home)}
@@ -139,7 +139,7 @@ def start_corral(home: Path, config_text: str) -> RunningCorral:
     log = home / "corral-up.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [*cli, "up", "--port", str(port)],
+            [*cli, "up", "--port", str(port), *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -159,14 +159,17 @@ def plan_command(
     address: Annotated[str | None, typer.Option(help="the head's HOST:PORT (default: this machine)")] = None,
 ) -> None:
     """Show where each expert's replicas go and why, on the live cluster or on given profiles."""
-    from corral.cluster.head import demands
     from corral.models.catalog import Catalog
 
     try:
         paths = _paths(home)
         cfg = _config(paths, config)
+        if profiles is None:
+            _use_head_token(paths)  # before corral.cluster.head imports Ray, which reads it once
+        from corral.cluster.head import demands
+
         wanted, _ = demands(cfg, Catalog(paths.models))
-        nodes = _profiles_file(profiles) if profiles is not None else _live(paths, cfg, address)
+        nodes = _profiles_file(profiles) if profiles is not None else _live(cfg, address)
     except CorralError as err:
         _fail(err)
         return
@@ -218,7 +221,8 @@ def _profiles_file(path: Path) -> list[NodeCapacity]:
     return nodes
 
 
-def _live(paths: CorralPaths, cfg: CorralConfig, address: str | None) -> list[NodeCapacity]:
+def _use_head_token(paths: CorralPaths) -> None:
+    """Authenticate this process to the head's Ray with its cluster.token (before Ray's import)."""
     from corral.cluster.token import TOKEN_FILE, ClusterError, read_token, use_token
 
     token_file = paths.home / TOKEN_FILE
@@ -226,7 +230,10 @@ def _live(paths: CorralPaths, cfg: CorralConfig, address: str | None) -> list[No
         raise ClusterError(
             f"no cluster here ({token_file} is missing): run this on the head, or pass --profiles FILE"
         )
-    use_token(read_token(token_file, {}))  # before Ray is imported
+    use_token(read_token(token_file, {}))
+
+
+def _live(cfg: CorralConfig, address: str | None) -> list[NodeCapacity]:
     import ray
 
     from corral.cluster.head import connect, live_capacities

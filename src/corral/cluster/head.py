@@ -213,8 +213,11 @@ def build_registry(
 
 
 def live_capacities() -> list[NodeCapacity]:
-    """The profiles the agents of the alive nodes report (nodes without an agent are skipped)."""
-    out: list[NodeCapacity] = []
+    """The profiles the agents of the alive nodes report (nodes without an agent are skipped).
+
+    Two machines with one hostname are told apart as the head's registry does: the later one
+    (by its agent's start) gets its Ray node id's first six characters after the name."""
+    found: list[tuple[float, str, dict[str, Any]]] = []
     for node in ray.nodes():  # type: ignore[no-untyped-call]
         if not node.get("Alive"):
             continue
@@ -223,11 +226,17 @@ def live_capacities() -> list[NodeCapacity]:
             info = cast(dict[str, Any], ray.get(handle.info.remote(), timeout=30))
         except (ValueError, ray.exceptions.RayError):
             continue
+        found.append((float(info.get("started", 0)), str(node["NodeID"]), info))
+    out: list[NodeCapacity] = []
+    for started, node_id, info in sorted(found, key=lambda f: f[0]):
+        name = str(info["name"])
+        if any(n.name == name for n in out):
+            name = f"{name}-{node_id[:6]}"
         p = info["profile"]
         out.append(
             NodeCapacity(
-                str(info["name"]), int(p["ram_available_bytes"]), int(p["cores_physical"]),
-                frozenset(p["cpu_flags"]), p.get("tokens_per_second"), -float(info.get("started", 0)),
+                name, int(p["ram_available_bytes"]), int(p["cores_physical"]),
+                frozenset(p["cpu_flags"]), p.get("tokens_per_second"), -started,
             )
         )  # fmt: skip
     return out
