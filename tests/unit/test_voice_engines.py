@@ -279,8 +279,16 @@ def test_wyoming_cli_refuses_a_busy_port_before_loading_models() -> None:
         # no loop: unchanged
         (" Turn off the lights. Then lock the door.", "Turn off the lights. Then lock the door."),
         (" No, no, no.", "No, no, no."),
+        # the same loop without punctuation (seen once in bench/stt_window.py)
+        (
+            " recommend a good book for a long train ride recommend a good book for a long",
+            "recommend a good book for a long train ride",
+        ),
         # a repeat that does not start at a sentence end is speech, not the loop
         (" I said the red one the red one.", "I said the red one the red one."),
+        # an unpunctuated repeat of fewer than three words is left alone
+        (" go left go left", "go left go left"),
+        (" turn it up turn it", "turn it up turn it"),
         ("", ""),
     ],
 )

@@ -69,19 +69,30 @@ def _empty(engine: str, audio: Audio, started: float) -> Transcript:
 # The fitted window's decode stops after this many tokens: fast speech is about 6 a second.
 FIT_TOKENS_BASE = 10
 FIT_TOKENS_PER_S = 6.0
+# A fitted decode less sure than this is done again in the `window_s` window. bench/stt_window.py
+# (400 Piper clips, most through Opus): most of the 2 s pad's misses that the 15 s window got
+# right decoded under -0.2, and a 2 s pad on a short clip pushed the no-speech probability up
+# to 0.58, near the 0.6 that drops a transcript. Not a clean split: an inserted "I" ("I recommend
+# a good book...") decoded at -0.17 among right transcripts; only -0.15 caught every miss, by
+# redoing 30 % of the clips. See docs/voice.md.
+FIT_MIN_LOGPROB = -0.2
+FIT_MAX_NO_SPEECH = 0.3
 
 _WORD = re.compile(r"[^\w]+")
 _SENTENCE_END = re.compile(r"[.?!]$")
 
 
 def drop_repeats(text: str, *, min_words: int = 3) -> str:
-    """`text` without the loop Whisper falls into when it cannot see where speech ends: from a
-    sentence end on, the words (case and punctuation aside) repeat the start again and again,
-    possibly cut short. Keeps the start (at least `min_words` words); anything else unchanged."""
+    """`text` without the loop Whisper falls into when it cannot see where speech ends: the words
+    (case and punctuation aside) repeat the start again and again, possibly cut short. The loop
+    starts at a sentence end, or, unpunctuated ("recommend a good book for a long train ride
+    recommend a good book for a long"), repeats at least `min_words` words of the start. Keeps
+    the start (at least `min_words` words); anything else unchanged."""
     tokens = text.split()
     words = [_WORD.sub("", t.lower()) for t in tokens]
     for period in range(min_words, len(words) - 1):
-        if not _SENTENCE_END.search(tokens[period - 1]):
+        at_sentence_end = bool(_SENTENCE_END.search(tokens[period - 1]))
+        if not at_sentence_end and len(words) - period < min_words:
             continue
         if all(words[j] == words[j % period] for j in range(period, len(words))):
             return " ".join(tokens[:period])
@@ -105,14 +116,18 @@ class WhisperTranscriber:
     A window that short leaves the decoder unsure where the speech ends: it tends to say the
     sentence again ("Say something nice. Say something nice. Say..."). Two guards handle that:
     the decode is capped near the longest plausible transcript (`FIT_TOKENS_*`), and a
-    transcript that repeats itself from a sentence end (`drop_repeats`) keeps its first
-    sentence(s) only. A decode that still runs into the cap without a repeat to drop is garbled
-    and is done again in the safe `window_s` window (15 s, which never looped on our phrases).
-    On the benchmark's 20 commands (2 cores) the fitted window took about half the time of the
-    15 s one with the same words. It is off by default (`fit_pad_s=0`): on Opus-coded WebRTC
-    audio it misheard "France" as "friends" in some runs where the 15 s window never did; see
-    docs/voice.md. Clips
-    longer than `window_s - 1` and window_s=30 take faster-whisper's own path.
+    transcript that repeats its start (`drop_repeats`) keeps its first saying only. A decode
+    that still runs into the cap without a repeat to drop is garbled, and one less sure than
+    `fit_min_logprob` (average log-probability) or `fit_max_no_speech` (no-speech probability)
+    is unsure: either is done again in the `window_s` window (15 s).
+
+    It is off by default (`fit_pad_s=0`). bench/stt_window.py put 400 Piper clips through Opus
+    (as WebRTC carries a browser's microphone) and other variants: a 2 s pad took 0.54 of the
+    15 s window's time (per-clip median) but missed words on 6-8 clips in 200 that the 15 s
+    window heard right; with the redo rule about 0.66 of the mean time, still 0-3 misses per
+    200 on fresh takes; no threshold that caught every miss kept much of the speed. See
+    docs/voice.md. Clips longer than `window_s - 1`, and window_s=30, take faster-whisper's own
+    path.
     """
 
     name = "whisper"
@@ -126,6 +141,8 @@ class WhisperTranscriber:
         beam_size: int = 1,
         window_s: float = 15.0,
         fit_pad_s: float = 0.0,
+        fit_min_logprob: float = FIT_MIN_LOGPROB,
+        fit_max_no_speech: float = FIT_MAX_NO_SPEECH,
         warm: bool = True,
     ) -> None:
         from faster_whisper import WhisperModel
@@ -160,7 +177,9 @@ class WhisperTranscriber:
         self._suppress = list(get_suppressed_tokens(self._tokenizer, (-1,)))
         self.window_s = window_s
         self.fit_pad_s = fit_pad_s
-        self.refits = 0  # fitted decodes that were garbled and done again in the safe window
+        self.fit_min_logprob = fit_min_logprob
+        self.fit_max_no_speech = fit_max_no_speech
+        self.refits = 0  # fitted decodes that were garbled or unsure and done again in the safe window
         self._lock = threading.Lock()
         self.load_s = time.perf_counter() - started
         self.warm_s = 0.0
@@ -180,11 +199,12 @@ class WhisperTranscriber:
                     cap = FIT_TOKENS_BASE + int(FIT_TOKENS_PER_S * seconds)
                     piece, capped = self._decode_window(audio, seconds, fitted, cap)
                     text = drop_repeats(piece.text)
-                    if not capped or text != piece.text.strip():
+                    why = self._doubt(piece, capped and text == piece.text.strip())
+                    if not why:
                         return [piece._replace(text=text)]
                     self.refits += 1
                     log.debug(
-                        "fitted whisper window garbled %r; decoding in %.0f s", piece.text, self.window_s
+                        "fitted whisper window %s (%r); decoding in %.0f s", why, piece.text, self.window_s
                     )
                 cap = 32 + int(12 * seconds)  # speech is under 8 tokens a second: stops a loop
                 return [self._decode_window(audio, seconds, self.window_s, cap)[0]]
@@ -199,6 +219,17 @@ class WhisperTranscriber:
             )
             # The generator decodes lazily: finish it under the lock.
             return [_Piece(s.text, s.no_speech_prob, s.avg_logprob) for s in segments]
+
+    def _doubt(self, piece: _Piece, garbled: bool) -> str:
+        """Why a fitted decode is not to be trusted (it is done again in the `window_s` window),
+        or "" if it is: it ran into the token cap without a loop to drop, or it is unsure."""
+        if garbled:
+            return "garbled"
+        if piece.avg_logprob < self.fit_min_logprob:
+            return f"unsure (avg_logprob {piece.avg_logprob:.2f})"
+        if piece.no_speech_prob > self.fit_max_no_speech:
+            return f"unsure (no_speech_prob {piece.no_speech_prob:.2f})"
+        return ""
 
     def _decode_window(self, audio: Audio, seconds: float, window_s: float, cap: int) -> tuple[_Piece, bool]:
         """One greedy (or beam) decode of `audio` encoded in a `window_s` window, as faster-whisper
