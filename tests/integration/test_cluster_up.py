@@ -109,6 +109,11 @@ def test_a_joined_node_serves_through_the_heads_gateway(head: RunningCorral, tmp
             return any(a.headers["x-corral-replica"] == moved for a in answers)
 
         wait(f"an answer from {moved} on {worker['name']}", served_there, head, timeout=240)
+        # Make before break: the copy on the head served until the one on the new node was ready.
+        retired = f"replica {moved} moved: its old copy on "
+        wait("the old copy retired", lambda: retired in head.log.read_text(), head, timeout=180)
+        log = head.log.read_text()
+        assert log.index(f"replica {moved} ready on {worker['name']}") < log.index(retired), log[-3000:]
 
         plan = cli(head.home, "plan", "--address", address, timeout=300)
         assert plan.returncode == 0, plan.stdout + plan.stderr

@@ -68,7 +68,9 @@ def start_cluster_head(
         connect(address)
         start_agent_here(paths)
         head_id = ray.get_runtime_context().get_node_id()
-        registry = build_registry(config, Catalog(paths.models), client, head_id)
+        registry = build_registry(
+            config, Catalog(paths.models), client, head_id, state_file=paths.home / "cluster" / "nodes.json"
+        )
     except BaseException:
         ray_process.stop()
         raise

@@ -206,10 +206,16 @@ def demands(config: CorralConfig, catalog: Catalog) -> tuple[list[ExpertDemand],
 
 
 def build_registry(
-    config: CorralConfig, catalog: Catalog, client: httpx.AsyncClient, head_node_id: str | None
+    config: CorralConfig,
+    catalog: Catalog,
+    client: httpx.AsyncClient,
+    head_node_id: str | None,
+    state_file: Path | None = None,
 ) -> RayRegistry:
     wanted, templates = demands(config, catalog)
-    return RayRegistry(wanted, templates, client, config.cluster, head_node_id=head_node_id)
+    return RayRegistry(
+        wanted, templates, client, config.cluster, head_node_id=head_node_id, state_file=state_file
+    )
 
 
 def live_capacities() -> list[NodeCapacity]:

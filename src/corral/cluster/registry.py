@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +30,7 @@ from corral.cluster.agent import NAMESPACE, agent_name, ensure_agent
 from corral.cluster.planner import ExpertDemand, NodeCapacity, Placement, Plan, plan
 from corral.cluster.power import POWER_STATES, NodePower, resolve_mac, send_wake, to_sleep
 from corral.cluster.settings import ClusterConfig
+from corral.paths import atomic_write_text
 from corral.tasks import TaskOwner
 
 log = logging.getLogger("corral.cluster")
@@ -35,6 +38,7 @@ log = logging.getLogger("corral.cluster")
 AGENT_CALL_TIMEOUT_S = 10.0
 INFO_REFRESH_S = 15.0  # how often a node's report (measured speed, agent RSS) is read again
 AGENT_GRACE_S = 30.0  # a new node without an agent this long gets one started by the head
+RETIRE_DRAIN_S = 120.0  # a moved replica's old copy finishes the requests it holds for at most this long
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class RayRegistry:
         *,
         head_node_id: str | None = None,
         interval_s: float = 1.0,
+        state_file: Path | None = None,
     ) -> None:
         self.demands = list(demands)
         self.templates = templates
@@ -106,11 +111,16 @@ class RayRegistry:
         self.config = config
         self.head_node_id = head_node_id
         self.interval_s = interval_s
+        self.state_file = state_file  # the sleeping nodes, so a restarted head can still wake them
+        self._saved: dict[str, str] = {}
         self.nodes: dict[str, NodeRecord] = {}
         self.plan = Plan()
         self._remotes: list[Backend] = []
         self._backends: dict[tuple[str, int], HttpBackend] = {}
         self._where: dict[str, str] = {}  # backend name -> node name
+        # A replica moving to a better node keeps serving where it was until its successor is
+        # ready (make before break): the old backend and its placement, by (expert, index).
+        self._moving: dict[tuple[str, int], tuple[HttpBackend, Placement]] = {}
         self._tasks = TaskOwner()
         self._stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -128,10 +138,12 @@ class RayRegistry:
 
     def backends(self, expert: str) -> Sequence[Backend]:
         mine = [b for (e, _), b in sorted(self._backends.items()) if e == expert]
-        return [*mine, *(b for b in self._remotes if b.expert == expert)]
+        leaving = [b for (e, _), (b, _) in sorted(self._moving.items()) if e == expert]
+        return [*mine, *leaving, *(b for b in self._remotes if b.expert == expert)]
 
     def all(self) -> Sequence[Backend]:
-        return [*(b for _, b in sorted(self._backends.items())), *self._remotes]
+        leaving = [b for _, (b, _) in sorted(self._moving.items())]
+        return [*(b for _, b in sorted(self._backends.items())), *leaving, *self._remotes]
 
     # Lifecycle -----------------------------------------------------------------------------
 
@@ -148,6 +160,7 @@ class RayRegistry:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()  # for callers on other threads (CLI, tests)
+        self._load_sleepers()
         self._tasks.spawn(self._loop(), name="cluster-reconcile")
 
     async def stop(self) -> None:
@@ -181,9 +194,11 @@ class RayRegistry:
                 self._lose(record, "left the cluster")
         await self._sync_states()
         self._replan()
+        self._finish_moves()
         self._tell_losses()
         self._apply_power()
         self._export()
+        self._save_sleepers()
 
     async def _adopt(self, node_id: str) -> None:
         first_seen = self._first_seen.setdefault(node_id, time.monotonic())
@@ -223,6 +238,10 @@ class RayRegistry:
             if self._where.get(backend.name) == record.name:
                 backend.state.set_status("lost", error=f"node {record.name} {why}")
                 del self._backends[key]
+        for key, (backend, placement) in list(self._moving.items()):
+            if placement.node == record.name:
+                backend.state.set_status("lost", error=f"node {record.name} {why}")
+                del self._moving[key]
         self.plan = Plan(
             [p for p in self.plan.placements if p.node != record.name], self.plan.unplaced, self.plan.skipped
         )
@@ -242,6 +261,43 @@ class RayRegistry:
                 self.on_node_lost(loss)
             except Exception:  # the supervisor's trouble must not stop the cluster following itself
                 log.exception("telling the supervisor that node %s was lost failed", record.name)
+
+    def _save_sleepers(self) -> None:
+        """Remember the nodes asleep (or being woken): they are not in Ray, and a head restarted
+        meanwhile must still know their experts, profiles and MACs to wake them on demand."""
+        states = {name: r.state for name, r in self.nodes.items()}
+        if self.state_file is None or states == self._saved:
+            return
+        asleep = {
+            name: {"node_id": r.node_id, "info": r.info, "state": r.state}
+            for name, r in self.nodes.items()
+            if r.state in ("sleeping", "waking")
+        }
+        try:
+            atomic_write_text(self.state_file, json.dumps({"version": 1, "sleeping": asleep}, indent=1))
+            self._saved = states
+        except OSError as exc:
+            log.warning("cannot save the sleeping nodes to %s (%s); a restarted head forgets them",
+                        self.state_file, exc)  # fmt: skip
+
+    def _load_sleepers(self) -> None:
+        if self.state_file is None or not self.state_file.exists():
+            return
+        try:
+            saved = json.loads(self.state_file.read_text())["sleeping"]
+            for name, node in saved.items():
+                if name not in self.nodes:
+                    record = NodeRecord(
+                        name, str(node["node_id"]), None, dict(node["info"]), state="sleeping"
+                    )
+                    record.idle_since = None
+                    self.nodes[name] = record
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot read the sleeping nodes from %s (%s); starting without them",
+                        self.state_file, exc)  # fmt: skip
+            return
+        if saved:
+            log.info("asleep since before this start (woken on demand): %s", ", ".join(sorted(saved)))
 
     async def _sync_states(self) -> None:
         async def one(record: NodeRecord) -> None:
@@ -294,10 +350,47 @@ class RayRegistry:
         self.plan = new
         for key, placement in old.items():
             if fresh.get(key) is None or fresh[key].node != placement.node:
-                self._tasks.spawn(self._stop_replica(placement), name=f"stop-{key}")
+                current = self._backends.get(key)
+                serving = current is not None and current.state.healthy
+                if fresh.get(key) is not None and serving and key not in self._moving:
+                    assert current is not None
+                    self._moving[key] = (current, placement)  # serves on until its successor is ready
+                else:
+                    self._tasks.spawn(self._stop_replica(placement), name=f"stop-{key}")
         for key, placement in fresh.items():
+            moving = self._moving.get(key)
+            if moving is not None and moving[1].node == placement.node:
+                # Moved back before the move finished: keep the copy running there.
+                successor = self._backends.get(key)
+                if successor is not None and successor is not moving[0] and key in old:
+                    self._tasks.spawn(self._stop_replica(old[key]), name=f"stop-{key}")
+                del self._moving[key]
+                self._backends[key] = moving[0]
+                self._where[moving[0].name] = placement.node
+                continue
             if key not in self._backends or self._where.get(self._backends[key].name) != placement.node:
                 self._start_replica(placement)
+
+    def _finish_moves(self) -> None:
+        """Retire a moved replica's old copy once its successor serves (or the move is moot)."""
+        for key, (backend, placement) in list(self._moving.items()):
+            successor = self._backends.get(key)
+            planned = next((p for p in self.plan.placements if (p.expert, p.index) == key), None)
+            loading = successor is not None and not successor.state.healthy and planned is not None
+            if loading and backend.state.healthy:
+                continue  # the successor is loading: the old copy keeps serving
+            del self._moving[key]
+            backend.state.set_status("draining")  # no new requests; the ones it holds finish
+            self._tasks.spawn(self._retire(backend, placement), name=f"retire-{key}")
+
+    async def _retire(self, backend: HttpBackend, placement: Placement) -> None:
+        deadline = time.monotonic() + RETIRE_DRAIN_S
+        while backend.state.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        await self._stop_replica(placement)
+        backend.state.set_status("stopped")
+        log.info("replica %s/%d moved: its old copy on %s is stopped", placement.expert, placement.index,
+                 placement.node)  # fmt: skip
 
     def _start_replica(self, placement: Placement) -> None:
         template = self.templates[placement.expert]
