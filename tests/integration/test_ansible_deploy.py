@@ -27,14 +27,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
 PLAYBOOKS = ROOT / "deploy" / "ansible"
 PLAYBOOK_BIN = Path(sys.executable).parent / "ansible-playbook"
+# `uv run` names itself in $UV; setup.sh may have installed uv with `pip --user`, off PATH.
+UV = os.environ.get("UV") or shutil.which("uv")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    uv = shutil.which("uv")
-    assert uv is not None, "uv is needed to build corral's wheel (it is how corral is installed)"
+    assert UV is not None, "uv is needed to build corral's wheel (it is how corral is installed)"
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([uv, "build", "--wheel", "--quiet", "-o", str(out), str(ROOT)], check=True, timeout=300)
+    subprocess.run([UV, "build", "--wheel", "--quiet", "-o", str(out), str(ROOT)], check=True, timeout=300)
     return next(out.glob("corral-*.whl"))
 
 
@@ -56,7 +57,7 @@ def scratch_vars(base: Path, wheel: Path, head: str) -> dict[str, Any]:
         "corral_config_dir": str(base / "etc" / "corral"),
         "corral_state_dir": str(base / "state"),
         "corral_systemd_dir": str(base / "systemd"),
-        "corral_uv": shutil.which("uv"),
+        "corral_uv": UV,
         "corral_python": sys.executable,
         "corral_package_copy": str(wheel),
         "corral_pip_extra_args": ["--no-deps", "--offline"],
