@@ -350,6 +350,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", help="use this running corral instead of starting one")
     parser.add_argument("--key", help="its API key (with --url)")
     parser.add_argument("--write", action="store_true", help=f"update ## {HEADING} in docs/benchmarks.md")
+    parser.add_argument("--turns", help="also write every turn (client figure and server report) to this JSON file")
     return parser.parse_args(argv)
 
 
@@ -378,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         log(f"voice ready: {engine} speech to text, {status.get('tts')} at {status.get('sample_rate')} Hz")
         asyncio.run(one_turn(target, clips[0], MODES[0], "bench-warm"))  # the first turn warms caches
         turns = asyncio.run(run_turns(target, clips, log))
+    if args.turns:
+        Path(args.turns).write_text(json.dumps([t.__dict__ for t in turns], indent=1))
     body = report(turns, args, engine)
     print()
     print(body)
