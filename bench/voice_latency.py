@@ -350,7 +350,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", help="use this running corral instead of starting one")
     parser.add_argument("--key", help="its API key (with --url)")
     parser.add_argument("--write", action="store_true", help=f"update ## {HEADING} in docs/benchmarks.md")
-    parser.add_argument("--turns", help="also write every turn (client figure and server report) to this JSON file")
+    parser.add_argument("--turns", help="also write each turn (client and server figures) to this JSON file")
     return parser.parse_args(argv)
 
 
