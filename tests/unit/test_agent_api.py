@@ -214,3 +214,34 @@ async def test_a_failed_agent_run_is_a_502_the_openai_sdk_does_not_rerun(tmp_pat
         assert len(harness.service.store.runs(workflow="boom")) == 1  # started once, not three times
     finally:
         await harness.service.stop()
+
+
+async def test_a_final_answer_that_echoes_the_call_format_is_answered_in_plain_words(tmp_path: Path) -> None:
+    """A small base model once answered "What is the capital of France?" with the answer
+    'finaal_answer': the node refuses it, retries, and the workflow answers in plain words."""
+    echo = '{"tool": "final_answer", "arguments": {"answer": "finaal_answer"}}'
+    placeholder = '{"tool": "final_answer", "arguments": {"answer": "<your answer>"}}'
+    harness = Harness(tmp_path, FakeLLM(default="Paris is the capital of France."))
+    harness.llm.script([echo, placeholder])
+    await harness.service.start()
+    try:
+        async with harness.client() as client:
+            body = {"model": "corral-agent", "messages": [{"role": "user", "content": "Capital of France?"}]}
+            response = await client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == "Paris is the capital of France."
+        steps = harness.service.store.steps(response.json()["corral"]["run_id"])
+        decide = next(s for s in steps if s.node == "decide")
+        assert decide.attempts == 2 and "echoes the call format" in (decide.error or "")
+    finally:
+        await harness.service.stop()
+
+
+def test_echoes_the_format_leaves_real_answers_alone() -> None:
+    from corral.agent.nodes.llm import echoes_the_format
+
+    tools = ["shell", "web_fetch", "final_answer"]
+    for echo in ("finaal_answer", "final_answer", "<your answer>", "web_fech", "Answer."):
+        assert echoes_the_format(echo, tools), echo
+    for answer in ("Paris", "42", "A spider has eight legs.", "the final answer is 7", "webpage"):
+        assert not echoes_the_format(answer, tools), answer

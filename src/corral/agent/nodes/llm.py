@@ -3,6 +3,7 @@ node) and `tool_choice` (ask the model for one tool call or the final answer).""
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from typing import Any, Literal
@@ -241,6 +242,11 @@ class ToolChoiceNode(NodeType):
             outputs["answer"] = str(arguments.get("answer", "")).strip()
             if not outputs["answer"]:
                 raise NodeFailure("the model gave an empty final answer")
+            if echoes_the_format(outputs["answer"], [s.name for s in specs]):
+                raise NodeFailure(
+                    f"the model's final answer {outputs['answer']!r} only echoes the call format (a tool "
+                    "name or the placeholder), not an answer"
+                )
             return NodeResult(outputs, "final")
         return NodeResult(outputs, "tool")
 
@@ -282,6 +288,18 @@ class ToolChoiceNode(NodeType):
             status = "result" if step.get("ok") else "error"
             messages.append({"role": "user", "content": f"Tool {step.get('tool')} {status}: {content}"})
         return messages
+
+
+def echoes_the_format(answer: str, tool_names: list[str]) -> bool:
+    """Whether a final answer is the call format echoed back rather than an answer: a tool's
+    name, misspelt or not ("finaal_answer"), or the prompt's "<your answer>" placeholder. Small
+    base models do this; the node then fails, so it is retried and then answered in plain words."""
+    text = answer.strip().strip("\"'`.<>").lower()
+    if text in ("your answer", "answer", ""):
+        return True
+    if " " in text:
+        return False
+    return bool(difflib.get_close_matches(text, [n.lower() for n in tool_names], n=1, cutoff=0.8))
 
 
 def parse_json(text: str) -> Any:
