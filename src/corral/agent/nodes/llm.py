@@ -239,14 +239,15 @@ class ToolChoiceNode(NodeType):
             "replica": result.replica,
         }
         if name == "final_answer":
-            outputs["answer"] = str(arguments.get("answer", "")).strip()
-            if not outputs["answer"]:
+            answer = str(arguments.get("answer", "")).strip()
+            if not answer:
                 raise NodeFailure("the model gave an empty final answer")
-            if echoes_the_format(outputs["answer"], [s.name for s in specs]):
+            if echoes_the_format(answer, [s.name for s in specs]):
                 raise NodeFailure(
-                    f"the model's final answer {outputs['answer']!r} only echoes the call format (a tool "
-                    "name or the placeholder), not an answer"
+                    f"the model's final answer {answer!r} only echoes the call format (a tool name or "
+                    "the placeholder), not an answer"
                 )
+            outputs["answer"] = answer
             return NodeResult(outputs, "final")
         return NodeResult(outputs, "tool")
 
