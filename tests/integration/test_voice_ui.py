@@ -197,6 +197,22 @@ def page(browser: Browser, corral: RunningCorral, request: pytest.FixtureRequest
     assert not console.errors, f"console errors: {console.errors}"
 
 
+def words_apart(heard: str, said: str) -> int:
+    """How many words one must insert, drop or change to turn `heard` into `said` (case and
+    punctuation aside). Whisper base hears a word wrong on a few takes in a hundred through the
+    browser's audio path and Opus ("capital of friends", see docs/voice.md), so the page is
+    held to within one word: what is under test is that speech crosses the page, the transport
+    and the pipeline, not Whisper's accuracy (tests/integration/test_voice_engines_real.py checks
+    that on clean audio)."""
+    a, b = re.findall(r"[\w']+", heard.lower()), re.findall(r"[\w']+", said.lower())
+    row = list(range(len(b) + 1))
+    for i, word in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, other in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (word != other))
+    return row[-1]
+
+
 def _converse(page: Page, corral: RunningCorral, transport: str, shown: str) -> None:
     """Log in, open #/voice, pick `transport`, press Start and wait for the whole turn."""
     login(page, corral.key)
@@ -211,8 +227,10 @@ def _converse(page: Page, corral: RunningCorral, transport: str, shown: str) -> 
     expect(state).to_have_attribute("data-conn", "connected")
     expect(state).to_contain_text(shown)  # the transport asked for, not a fallback
     final = page.locator('[data-testid="voice-user"][data-final="true"]')
-    heard = final.filter(has_text=re.compile("capital", re.I))
-    expect(heard.first).to_contain_text(re.compile("france", re.I))
+    heard = final.filter(has_text=re.compile("capital", re.I)).first
+    expect(heard).to_be_visible()
+    said = heard.inner_text().split("›")[-1]
+    assert words_apart(said, PHRASE) <= 1, f"heard {said!r} for {PHRASE!r}"
     expect(page.get_by_test_id("voice-assistant").first).to_have_text(re.compile(r"\w{2,}"))
     metrics = page.get_by_test_id("voice-metrics")
     expect(metrics).to_have_attribute("data-turns", re.compile(r"^[1-9]"))
